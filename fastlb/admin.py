@@ -1,0 +1,123 @@
+"""The admin API: a small JSON HTTP server on its own listener (h11, not the hot path).
+
+Endpoints (docs/operations.md):
+    GET  /healthz                                  200 {"status": "ok"} while serving
+    GET  /api/v1/info                              version, core implementation, listeners
+    GET  /api/v1/pools                             every pool with its backends and counters
+    GET  /api/v1/pools/{pool}                      one pool
+    POST /api/v1/pools/{pool}/backends/{address}/disable   take a backend out of rotation
+    POST /api/v1/pools/{pool}/backends/{address}/enable    put it back
+
+Bind it to loopback or a management network: it has no authentication yet.
+"""
+
+import asyncio
+import json
+import logging
+
+import h11
+
+from . import _core
+from ._version import __version__
+
+log = logging.getLogger("fastlb.admin")
+
+__all__ = ["AdminServer"]
+
+MAX_BODY = 64 * 1024
+
+
+class AdminServer:
+    def __init__(self, server):
+        self.server = server
+        self._srv = None
+        self.address = None
+
+    async def start(self, host, port):
+        self._srv = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        sock = self._srv.sockets[0].getsockname()
+        self.address = "[%s]:%d" % sock[:2] if ":" in sock[0] else "%s:%d" % sock[:2]
+
+    async def stop(self):
+        if self._srv is not None:
+            self._srv.close()
+            self._srv = None
+
+    async def _handle(self, reader, writer):
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        try:
+            while True:
+                request, body = await self._read_request(conn, reader)
+                if request is None:
+                    break
+                status, payload = self.dispatch(request.method.decode(), request.target.decode("latin-1"), body)
+                data = json.dumps(payload, indent=2).encode() + b"\n"
+                headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+                writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+                writer.write(conn.send(h11.Data(data=data)))
+                writer.write(conn.send(h11.EndOfMessage()))
+                await writer.drain()
+                if conn.our_state is h11.MUST_CLOSE:
+                    break
+                conn.start_next_cycle()
+        except (h11.RemoteProtocolError, ConnectionError, asyncio.TimeoutError) as exc:
+            log.debug("admin connection closed: %s", exc)
+        finally:
+            writer.close()
+
+    async def _read_request(self, conn, reader):
+        request, body = None, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await asyncio.wait_for(reader.read(65536), 30)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_BODY:
+                    raise h11.RemoteProtocolError("admin request body too large")
+            elif isinstance(event, h11.EndOfMessage):
+                return request, body
+            elif isinstance(event, h11.ConnectionClosed):
+                return None, b""
+
+    def dispatch(self, method, target, body):
+        path = target.split("?", 1)[0].rstrip("/") or "/"
+        parts = [p for p in path.split("/") if p]
+        srv = self.server
+        if path == "/healthz":
+            if method != "GET":
+                return 405, {"error": "use GET"}
+            return 200, {"status": "draining" if srv._drain_task else "ok"}
+        if parts[:2] != ["api", "v1"]:
+            return 404, {"error": "not found: %s" % path}
+        rest = parts[2:]
+        if rest == ["info"] and method == "GET":
+            return 200, {
+                "version": __version__,
+                "core": _core.IMPLEMENTATION,
+                "core_fallback_reason": _core.FALLBACK_REASON,
+                "listeners": [{"name": rt.spec.name, "address": rt.address,
+                               "connections": len(rt.connections)} for rt in srv.listeners],
+            }
+        if rest == ["pools"] and method == "GET":
+            return 200, {"pools": [p.as_dict() for p in srv.pools.values()]}
+        if len(rest) >= 2 and rest[0] == "pools":
+            pool = srv.pools.get(rest[1])
+            if pool is None:
+                return 404, {"error": "no pool named %r" % rest[1]}
+            if len(rest) == 2 and method == "GET":
+                return 200, pool.as_dict()
+            if len(rest) == 5 and rest[2] == "backends" and rest[4] in ("enable", "disable"):
+                if method != "POST":
+                    return 405, {"error": "use POST"}
+                backend = pool.backend(rest[3])
+                if backend is None:
+                    return 404, {"error": "pool %s has no backend %s" % (pool.name, rest[3])}
+                pool.set_state(backend, "up" if rest[4] == "enable" else "disabled")
+                log.info("admin: %s %s/%s", rest[4], pool.name, backend.address)
+                return 200, backend.as_dict()
+        return 404, {"error": "not found: %s %s" % (method, path)}

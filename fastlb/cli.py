@@ -1,0 +1,155 @@
+"""The ``fastlb`` command: run, check, demo, version.
+
+Exit codes: 0 ok (and after a graceful drain), 1 runtime failure (e.g. a port
+already in use), 2 invalid configuration or command line.
+"""
+
+import argparse
+import logging
+import sys
+
+from . import _core, config as configmod
+from ._version import __version__
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+
+def version_text():
+    text = "fastlb %s (core: %s)" % (__version__, _core.IMPLEMENTATION)
+    if _core.FALLBACK_REASON:
+        text += "\npure-Python core in use: %s" % _core.FALLBACK_REASON
+    return text
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="fastlb", description="HTTP/1.1 load balancer for REST APIs.")
+    p.add_argument("--version", action="store_true", help="print the version and the core in use")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the load balancer (from a file, or quick mode from flags)")
+    run.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
+    run.add_argument("--listen", metavar="HOST:PORT", help="quick mode: address to listen on")
+    run.add_argument("--backend", metavar="HOST:PORT[,weight=N]", action="append", default=[],
+                     help="quick mode: a backend (repeat for more)")
+    run.add_argument("--algorithm", metavar="NAME", default=None,
+                     help="quick mode: balancing algorithm (default round_robin)")
+    run.add_argument("--admin", metavar="HOST:PORT", help="quick mode: admin API address")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    chk = sub.add_parser("check", help="validate a configuration file")
+    chk.add_argument("-c", "--config", metavar="FILE", required=True)
+
+    demo = sub.add_parser("demo", help="three built-in backends behind fastlb on 127.0.0.1:8080")
+    demo.add_argument("--port", type=int, default=8080, help="balancer port (default 8080)")
+    demo.add_argument("--admin-port", type=int, default=8081, help="admin API port (default 8081)")
+    demo.add_argument("--backend-port", type=int, default=9001,
+                      help="first demo backend port; the three use this and the next two (default 9001)")
+    demo.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    sub.add_parser("version", help="print the version and the core in use")
+    return p
+
+
+def quick_config(listen, backends, algorithm=None, admin=None):
+    """The configuration document that ``run --listen/--backend`` flags describe."""
+    pool = {"backends": []}
+    if algorithm is not None:
+        pool["algorithm"] = algorithm
+    problems = []
+    for i, text in enumerate(backends):
+        address, *params = text.split(",")
+        entry = {"address": address}
+        for param in params:
+            key, sep, value = param.partition("=")
+            if key.strip() == "weight" and sep and value.strip().isdigit():
+                entry["weight"] = int(value)
+            else:
+                problems.append(("--backend %s" % text, "expected HOST:PORT[,weight=N], got parameter %r" % param))
+        pool["backends"].append(entry)
+    if problems:
+        raise ConfigError(problems)
+    doc = {"listeners": [{"name": "quick", "bind": listen, "pool": "default"}], "pools": {"default": pool}}
+    if admin:
+        doc["admin"] = {"bind": admin}
+    return doc
+
+
+# Key paths of the quick-mode document, shown as the flags that set them.
+_FLAG_PATHS = (
+    ("listeners[0].bind", "--listen"),
+    ("pools.default.algorithm", "--algorithm"),
+    ("pools.default.backends", "--backend"),
+    ("admin.bind", "--admin"),
+)
+
+
+def _flag_problems(err):
+    out = []
+    for path, msg in err.problems:
+        for prefix, flag in _FLAG_PATHS:
+            if path.startswith(prefix):
+                path = flag + path[len(prefix):]
+                break
+        out.append((path, msg))
+    return ConfigError(out)
+
+
+def _load(args):
+    if args.config:
+        if args.listen or args.backend or args.admin or args.algorithm:
+            raise ConfigError(("", "give either -c FILE or the quick-mode flags (--listen/--backend/...), not both"))
+        return configmod.load_file(args.config)
+    if not args.listen or not args.backend:
+        raise ConfigError(("", "fastlb run needs -c FILE, or --listen HOST:PORT and at least one --backend HOST:PORT"))
+    try:
+        return configmod.from_dict(quick_config(args.listen, args.backend, args.algorithm, args.admin))
+    except ConfigError as err:
+        raise _flag_problems(err) from None
+
+
+def _setup_logging(level):
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _report(err, source):
+    print("fastlb: invalid configuration%s:" % (" in %s" % source if source else ""), file=sys.stderr)
+    for line in err.lines():
+        print("  " + line, file=sys.stderr)
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.version or args.command == "version":
+        print(version_text())
+        return 0
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    if args.command == "check":
+        try:
+            cfg = configmod.load_file(args.config)
+        except ConfigError as err:
+            _report(err, args.config)
+            return 2
+        print("%s: OK (%d listener(s), %d pool(s), %d backend(s))" % (
+            args.config, len(cfg.listeners), len(cfg.pools), sum(len(p.backends) for p in cfg.pools)))
+        return 0
+    _setup_logging(args.log_level)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args.port, args.admin_port, args.backend_port)
+    try:
+        cfg = _load(args)
+    except ConfigError as err:
+        _report(err, args.config)
+        return 2
+    from .server import run
+
+    try:
+        return run(cfg)
+    except OSError as exc:
+        print("fastlb: cannot start: %s" % exc, file=sys.stderr)
+        return 1

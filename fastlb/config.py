@@ -1,0 +1,363 @@
+"""YAML (or a plain dict) -> validated ``model.Config``.
+
+Every problem names its key path (``pools.api.backends[1].address``) and what
+is wrong; all problems are collected and raised together as one ConfigError,
+so ``fastlb check`` shows them all at once. Unknown keys are errors (a typo must
+not silently fall back to a default).
+"""
+
+import ipaddress
+import re
+
+import yaml
+
+from .errors import ConfigError
+from .model import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    Address,
+    AdminSpec,
+    BackendSpec,
+    Config,
+    LimitSpec,
+    ListenerSpec,
+    PoolSpec,
+    RouteSpec,
+    TimeoutSpec,
+)
+
+__all__ = ["load_file", "load_text", "from_dict", "parse_address", "parse_duration", "parse_size"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1,
+    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+    "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3,
+    "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_duration(value):
+    """``250ms``, ``2s``, ``1.5m``, ``1h`` or a bare number of seconds -> float seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 250ms or 2s, got %r" % (value,))
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError("expected a duration like 250ms or 2s, got %r" % (value,))
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError("expected a duration like 250ms or 2s, got %r" % (value,))
+    if seconds <= 0:
+        raise ValueError("must be greater than zero, got %r" % (value,))
+    return seconds
+
+
+def parse_size(value):
+    """``8192``, ``8KiB``, ``64k``, ``1MiB`` -> int bytes (k/K/M/G are binary)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 8KiB or 65536, got %r" % (value,))
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError("expected a size like 8KiB or 65536, got %r" % (value,))
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise ValueError("expected a size like 8KiB or 65536, got %r" % (value,))
+    if size <= 0:
+        raise ValueError("must be greater than zero, got %r" % (value,))
+    return size
+
+
+def parse_address(value, allow_port_zero=False):
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> Address."""
+    if not isinstance(value, str):
+        raise ValueError("expected HOST:PORT, got %r" % (value,))
+    text = value.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise ValueError("expected [IPv6]:PORT, got %r" % (value,))
+        host, port = text[1:end], text[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("%r is not an IPv6 address" % host) from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected HOST:PORT, got %r" % (value,))
+        if ":" in host:
+            raise ValueError("IPv6 addresses go in brackets: [%s]:PORT" % host)
+        if not _HOSTNAME.match(host):
+            raise ValueError("%r is not a valid host name or IPv4 address" % host)
+    if not port.isdigit():
+        raise ValueError("port must be a number, got %r" % (port,))
+    port_n = int(port)
+    low = 0 if allow_port_zero else 1
+    if not low <= port_n <= 65535:
+        raise ValueError("port must be %d-65535, got %d" % (low, port_n))
+    return Address(host, port_n)
+
+
+class _Ctx:
+    """Collects (path, message) problems while walking the document."""
+
+    def __init__(self):
+        self.problems = []
+
+    def err(self, path, msg):
+        self.problems.append((path, msg))
+
+    def mapping(self, value, path, allowed, required=()):
+        if not isinstance(value, dict):
+            self.err(path, "expected a mapping, got %s" % _kind(value))
+            return None
+        for key in value:
+            if key not in allowed:
+                self.err(_join(path, key), "unknown key (allowed: %s)" % ", ".join(allowed))
+        for key in required:
+            if key not in value:
+                self.err(_join(path, key), "required key is missing")
+        return value
+
+    def convert(self, value, path, fn, *args):
+        try:
+            return fn(value, *args)
+        except ValueError as exc:
+            self.err(path, str(exc))
+            return None
+
+    def integer(self, value, path, low, high):
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.err(path, "expected an integer, got %r" % (value,))
+            return None
+        if not low <= value <= high:
+            self.err(path, "must be between %d and %d, got %d" % (low, high, value))
+            return None
+        return value
+
+
+def _kind(value):
+    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _join(path, key):
+    return "%s.%s" % (path, key) if path else str(key)
+
+
+def load_file(path):
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(("", "cannot read %s: %s" % (path, exc.strerror or exc))) from None
+    return load_text(text, source=str(path))
+
+
+def load_text(text, source="<config>"):
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = " (line %d, column %d)" % (mark.line + 1, mark.column + 1) if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(("", "%s is not valid YAML%s: %s" % (source, where, problem))) from None
+    if doc is None:
+        raise ConfigError(("", "%s is empty" % source))
+    return from_dict(doc)
+
+
+_TOP = ("listeners", "pools", "admin", "timeouts", "limits")
+_POOL_KEYS = ("algorithm", "backends", "retries")
+_BACKEND_KEYS = ("address", "weight")
+_LISTENER_KEYS = ("name", "bind", "routes", "pool")
+_ROUTE_KEYS = ("host", "path_prefix", "pool")
+_TIMEOUT_KEYS = tuple(TimeoutSpec.__dataclass_fields__)
+_LIMIT_KEYS = tuple(LimitSpec.__dataclass_fields__)
+
+
+def from_dict(doc):
+    """Validate a parsed document; raise ConfigError listing every problem."""
+    ctx = _Ctx()
+    if ctx.mapping(doc, "", _TOP, required=("listeners", "pools")) is None:
+        raise ConfigError(ctx.problems)
+    pools = _pools(ctx, doc.get("pools"))
+    pool_names = {p.name for p in pools} if pools else set()
+    listeners = _listeners(ctx, doc.get("listeners"), pool_names)
+    admin = _admin(ctx, doc["admin"]) if "admin" in doc else None
+    timeouts = _section(ctx, doc.get("timeouts"), "timeouts", TimeoutSpec, _TIMEOUT_KEYS, parse_duration)
+    limits = _limits(ctx, doc.get("limits"))
+    binds = {}
+    for i, lst in enumerate(listeners or ()):
+        key = (lst.bind.host, lst.bind.port)
+        if lst.bind.port and key in binds:
+            ctx.err("listeners[%d].bind" % i, "%s is already bound by listeners[%d]" % (lst.bind, binds[key]))
+        binds.setdefault(key, i)
+    if admin is not None and admin.bind.port and (admin.bind.host, admin.bind.port) in binds:
+        ctx.err("admin.bind", "%s is already bound by a listener" % admin.bind)
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    return Config(listeners=tuple(listeners), pools=tuple(pools), admin=admin, timeouts=timeouts, limits=limits)
+
+
+def _pools(ctx, value):
+    if value is None:
+        return []
+    if not isinstance(value, dict) or not value:
+        ctx.err("pools", "expected a mapping of pool name -> pool, got %s" % _kind(value))
+        return []
+    pools = []
+    for name, body in value.items():
+        path = "pools.%s" % name
+        if not isinstance(name, str) or not _NAME.match(name):
+            ctx.err(path, "pool names use letters, digits, '_', '-', '.' (max 64)")
+            continue
+        if ctx.mapping(body, path, _POOL_KEYS, required=("backends",)) is None:
+            continue
+        algorithm = body.get("algorithm", DEFAULT_ALGORITHM)
+        if algorithm not in ALGORITHMS:
+            ctx.err(path + ".algorithm", "unknown algorithm %r (known: %s)" % (algorithm, ", ".join(ALGORITHMS)))
+        retries = ctx.integer(body.get("retries", 2), path + ".retries", 0, 10)
+        backends = []
+        raw = body.get("backends")
+        if not isinstance(raw, list) or not raw:
+            if "backends" in body:
+                ctx.err(path + ".backends", "expected a non-empty list of backends, got %s" % _kind(raw))
+            continue
+        seen = {}
+        for i, b in enumerate(raw):
+            bpath = "%s.backends[%d]" % (path, i)
+            if isinstance(b, str):  # shorthand: "- 127.0.0.1:9001"
+                b = {"address": b}
+            if ctx.mapping(b, bpath, _BACKEND_KEYS, required=("address",)) is None:
+                continue
+            addr = ctx.convert(b.get("address"), bpath + ".address", parse_address) if "address" in b else None
+            weight = ctx.integer(b.get("weight", 1), bpath + ".weight", 1, 1000)
+            if addr is not None and str(addr) in seen:
+                ctx.err(bpath + ".address", "%s is already backends[%d]" % (addr, seen[str(addr)]))
+            elif addr is not None:
+                seen[str(addr)] = i
+            if addr is not None and weight is not None:
+                backends.append(BackendSpec(addr, weight))
+        pools.append(PoolSpec(name=name, backends=tuple(backends), algorithm=algorithm, retries=retries or 0))
+    return pools
+
+
+def _listeners(ctx, value, pool_names):
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value:
+        ctx.err("listeners", "expected a non-empty list of listeners, got %s" % _kind(value))
+        return []
+    listeners = []
+    names = set()
+    for i, lst in enumerate(value):
+        path = "listeners[%d]" % i
+        if ctx.mapping(lst, path, _LISTENER_KEYS, required=("bind",)) is None:
+            continue
+        name = lst.get("name", "listener%d" % i)
+        if not isinstance(name, str) or not _NAME.match(name):
+            ctx.err(path + ".name", "expected a name of letters, digits, '_', '-', '.'")
+        elif name in names:
+            ctx.err(path + ".name", "duplicate listener name %r" % name)
+        names.add(name)
+        bind = ctx.convert(lst.get("bind"), path + ".bind", parse_address, True) if "bind" in lst else None
+        routes = []
+        if "routes" in lst and "pool" in lst:
+            ctx.err(path, "give either 'pool' (one default pool) or 'routes', not both")
+        elif "pool" in lst:
+            if lst["pool"] not in pool_names:
+                ctx.err(path + ".pool", "no pool named %r (pools: %s)" % (lst["pool"], ", ".join(sorted(pool_names)) or "none"))
+            else:
+                routes.append(RouteSpec(pool=lst["pool"]))
+        elif "routes" in lst:
+            raw = lst["routes"]
+            if not isinstance(raw, list) or not raw:
+                ctx.err(path + ".routes", "expected a non-empty list of routes, got %s" % _kind(raw))
+            else:
+                for j, r in enumerate(raw):
+                    route = _route(ctx, r, "%s.routes[%d]" % (path, j), pool_names)
+                    if route is not None:
+                        routes.append(route)
+        else:
+            ctx.err(path + ".routes", "required: a list of routes (or 'pool: NAME' for one default pool)")
+        if bind is not None:
+            listeners.append(ListenerSpec(name=name, bind=bind, routes=tuple(routes)))
+    return listeners
+
+
+def _route(ctx, value, path, pool_names):
+    if ctx.mapping(value, path, _ROUTE_KEYS, required=("pool",)) is None:
+        return None
+    ok = True
+    pool = value.get("pool")
+    if "pool" in value and pool not in pool_names:
+        ctx.err(path + ".pool", "no pool named %r (pools: %s)" % (pool, ", ".join(sorted(pool_names)) or "none"))
+        ok = False
+    host = value.get("host")
+    if host is not None:
+        if not isinstance(host, str) or not _HOSTNAME.match(host.lstrip("*.") or "x"):
+            ctx.err(path + ".host", "expected a host name (optionally *.domain), got %r" % (host,))
+            ok = False
+        else:
+            host = host.lower().rstrip(".")
+    prefix = value.get("path_prefix", "/")
+    if not isinstance(prefix, str) or not prefix.startswith("/") or any(c <= " " or c == "\x7f" for c in prefix):
+        ctx.err(path + ".path_prefix", "expected a path starting with '/', got %r" % (prefix,))
+        ok = False
+    return RouteSpec(pool=pool, host=host, path_prefix=prefix) if ok else None
+
+
+def _admin(ctx, value):
+    if ctx.mapping(value, "admin", ("bind",), required=("bind",)) is None:
+        return None
+    bind = ctx.convert(value.get("bind"), "admin.bind", parse_address, True) if "bind" in value else None
+    return AdminSpec(bind=bind) if bind is not None else None
+
+
+def _section(ctx, value, name, cls, keys, parse):
+    if value is None:
+        return cls()
+    if ctx.mapping(value, name, keys) is None:
+        return cls()
+    kwargs = {}
+    for key, raw in value.items():
+        if key in keys:
+            parsed = ctx.convert(raw, "%s.%s" % (name, key), parse)
+            if parsed is not None:
+                kwargs[key] = parsed
+    return cls(**kwargs)
+
+
+def _limits(ctx, value):
+    if value is None:
+        return LimitSpec()
+    if ctx.mapping(value, "limits", _LIMIT_KEYS) is None:
+        return LimitSpec()
+    kwargs = {}
+    for key in ("max_request_line", "max_header_bytes"):
+        if key in value:
+            size = ctx.convert(value[key], "limits." + key, parse_size)
+            if size is not None:
+                kwargs[key] = size
+    if "max_header_fields" in value:
+        n = ctx.integer(value["max_header_fields"], "limits.max_header_fields", 1, 10000)
+        if n is not None:
+            kwargs["max_header_fields"] = n
+    if "max_idle_per_backend" in value:
+        n = ctx.integer(value["max_idle_per_backend"], "limits.max_idle_per_backend", 0, 100000)
+        if n is not None:
+            kwargs["max_idle_per_backend"] = n
+    limits = LimitSpec(**kwargs)
+    if limits.max_request_line > limits.max_header_bytes:
+        ctx.err("limits.max_request_line", "must not exceed limits.max_header_bytes (%d)" % limits.max_header_bytes)
+    return limits

@@ -1,0 +1,101 @@
+"""Validated configuration as frozen dataclasses, and the algorithm table.
+
+Types only: no I/O, no parsing (config.py turns YAML into these), imports only
+errors. Every value here has already been checked, so the rest of fastlb never
+re-validates. Defaults are the documented ones (docs/configuration.md).
+"""
+
+from dataclasses import dataclass, field
+
+# Algorithms as data (as HAProxy's BE_LB_* flags): config validation and the CLI
+# read this table; balancer.py maps each name to a selector builder.
+ALGORITHMS = {
+    "round_robin": {
+        "summary": "smooth weighted round robin (nginx's): weights 5,1,1 -> a a b a c a a",
+        "uses_weights": True,
+    },
+}
+
+DEFAULT_ALGORITHM = "round_robin"
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self):
+        if ":" in self.host:
+            return "[%s]:%d" % (self.host, self.port)
+        return "%s:%d" % (self.host, self.port)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    address: Address
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    backends: tuple
+    algorithm: str = DEFAULT_ALGORITHM
+    # Connect failures (and idempotent requests whose reused connection died
+    # before a response byte) are retried on another backend this many times.
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    pool: str
+    host: str = None  # lowercase host without port; None matches any host
+    path_prefix: str = "/"
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    name: str
+    bind: Address
+    routes: tuple
+
+
+@dataclass(frozen=True)
+class AdminSpec:
+    bind: Address
+
+
+@dataclass(frozen=True)
+class TimeoutSpec:
+    """Seconds. See docs/configuration.md#timeouts for what each one bounds."""
+
+    client_header: float = 10.0  # first byte of a request head -> complete head (slowloris)
+    client_idle: float = 60.0  # keep-alive idle between requests; client inactivity in a body
+    connect: float = 5.0  # TCP connect to a backend
+    response: float = 30.0  # request sent -> response head; then inactivity in the response body
+    upstream_idle: float = 60.0  # an idle pooled backend connection is closed after this
+    tunnel: float = 3600.0  # inactivity on an upgraded (WebSocket) connection
+    drain: float = 30.0  # SIGTERM/SIGINT: how long in-flight requests may finish
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    max_request_line: int = 8192  # bytes; longer -> 414 (RFC 9112 §3)
+    max_header_bytes: int = 65536  # whole head; larger -> 431 (RFC 6585 §5)
+    max_header_fields: int = 100  # field lines; more -> 431
+    max_idle_per_backend: int = 32  # idle keep-alive connections kept per backend
+
+
+@dataclass(frozen=True)
+class Config:
+    listeners: tuple
+    pools: tuple  # of PoolSpec, in file order
+    admin: AdminSpec = None
+    timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
+    limits: LimitSpec = field(default_factory=LimitSpec)
+
+    def pool(self, name):
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)

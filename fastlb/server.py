@@ -1,0 +1,237 @@
+"""Listeners, the timer tick, signals and graceful drain — the top of the graph.
+
+``Server`` turns a validated ``model.Config`` into running parts: one
+``balancer.Pool`` per pool, one asyncio server per listener (protocol
+``proxy.ProxyConnection``), the admin listener, and one timer tick that checks
+every connection's deadline and sweeps idle backend connections (one timer for
+the process, not one per request; its period is a quarter of the shortest
+timeout, between 50 ms and 1 s).
+
+SIGTERM and SIGINT drain: listeners stop accepting, idle client connections are
+closed, in-flight requests finish (their responses carry ``Connection: close``)
+for up to ``timeouts.drain`` seconds, then what is left is closed and the
+process exits 0.
+"""
+
+import asyncio
+import logging
+import os
+import signal
+
+from . import _core
+from .balancer import Pool
+from .proxy import ProxyConnection
+from .upstream import sweep_idle
+
+log = logging.getLogger("fastlb")
+
+__all__ = ["Server", "Router", "ListenerRuntime", "run"]
+
+
+def _split_host(host):
+    """Host header value -> lowercase host without port (bytes)."""
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1].lower() if end > 0 else host.lower()
+    i = host.rfind(b":")
+    return (host[:i] if i >= 0 else host).lower()
+
+
+def _path_of(target):
+    """Request target -> path for prefix matching (RFC 9112 §3.2 forms)."""
+    if target[:1] == b"/":
+        return target
+    if target == b"*":
+        return b"/"  # asterisk-form (OPTIONS *): only routes for "/" match
+    scheme_end = target.find(b"://")
+    if scheme_end > 0:  # absolute-form
+        slash = target.find(b"/", scheme_end + 3)
+        return target[slash:] if slash > 0 else b"/"
+    return target
+
+
+class Router:
+    """First matching route wins, in configuration order."""
+
+    __slots__ = ("routes", "only")
+
+    def __init__(self, route_specs, pools):
+        self.routes = []
+        for r in route_specs:
+            host = r.host
+            wildcard = None
+            if host and host.startswith("*."):
+                wildcard = host[1:].encode("ascii")  # ".example.com"
+                host = None
+            self.routes.append((host.encode("ascii") if host else None, wildcard, r.path_prefix.encode("ascii"), pools[r.pool]))
+        # The common case, one catch-all route, skips all matching.
+        only = self.routes[0] if len(self.routes) == 1 else None
+        self.only = only[3] if only and only[0] is None and only[1] is None and only[2] == b"/" else None
+
+    def route(self, host, target):
+        if self.only is not None:
+            return self.only
+        name = _split_host(host) if host else b""
+        path = _path_of(target)
+        for rhost, wildcard, prefix, pool in self.routes:
+            if rhost is not None and name != rhost:
+                continue
+            if wildcard is not None and not name.endswith(wildcard):
+                continue
+            if path.startswith(prefix):
+                return pool
+        return None
+
+
+class ListenerRuntime:
+    """What every ProxyConnection of one listener shares."""
+
+    __slots__ = (
+        "spec", "loop", "router", "timeouts", "limits", "connections", "draining",
+        "extra_proto", "server", "address", "_rid_prefix", "_rid_counter",
+    )
+
+    def __init__(self, spec, loop, pools, timeouts, limits):
+        self.spec = spec
+        self.loop = loop
+        self.router = Router(spec.routes, pools)
+        self.timeouts = timeouts
+        self.limits = limits
+        self.connections = set()
+        self.draining = False
+        self.extra_proto = b"X-Forwarded-Proto: http\r\n"
+        self.server = None
+        self.address = None
+        # Request ids: 20 random hex digits per process + a 12-digit counter:
+        # unique without a syscall or a uuid object per request.
+        self._rid_prefix = os.urandom(10).hex().encode("ascii")
+        self._rid_counter = 0
+
+    def route(self, host, target):
+        return self.router.route(host, target)
+
+    def next_request_id(self):
+        self._rid_counter += 1
+        return b"%s%012x" % (self._rid_prefix, self._rid_counter)
+
+
+class Server:
+    def __init__(self, config, loop=None):
+        self.config = config
+        self.loop = loop or asyncio.get_event_loop()
+        self.pools = {p.name: Pool(p) for p in config.pools}
+        self.listeners = []
+        self.admin = None
+        self._tick_handle = None
+        self._stopped = asyncio.Event()
+        self._drain_task = None
+        t = config.timeouts
+        shortest = min(t.client_header, t.client_idle, t.connect, t.response, t.upstream_idle, t.tunnel)
+        self.tick_interval = max(0.05, min(1.0, shortest / 4))
+
+    async def start(self):
+        for spec in self.config.listeners:
+            rt = ListenerRuntime(spec, self.loop, self.pools, self.config.timeouts, self.config.limits)
+            rt.server = await self.loop.create_server(
+                lambda rt=rt: ProxyConnection(rt), spec.bind.host, spec.bind.port,
+                reuse_address=True, backlog=1024,
+            )
+            sock = rt.server.sockets[0].getsockname()
+            rt.address = "[%s]:%d" % sock[:2] if ":" in sock[0] else "%s:%d" % sock[:2]
+            self.listeners.append(rt)
+        if self.config.admin is not None:
+            from .admin import AdminServer
+
+            self.admin = AdminServer(self)
+            await self.admin.start(self.config.admin.bind.host, self.config.admin.bind.port)
+        self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+
+    def _tick(self):
+        now = self.loop.time()
+        for rt in self.listeners:
+            for conn in list(rt.connections):
+                conn.on_tick(now)
+        backends = [b for pool in self.pools.values() for b in pool.backends]
+        sweep_idle(backends, now, self.config.timeouts.upstream_idle)
+        self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+
+    def describe(self):
+        lines = []
+        for rt in self.listeners:
+            routes = []
+            for r in rt.spec.routes:
+                pool = self.pools[r.pool]
+                match = (r.host or "*") + (r.path_prefix if r.path_prefix != "/" else "")
+                routes.append("%s -> pool %s (%s: %s)" % (
+                    match, pool.name, pool.algorithm, ", ".join(b.address for b in pool.backends)))
+            lines.append("listening on %s [%s]: %s" % (rt.address, rt.spec.name, "; ".join(routes)))
+        if self.admin is not None:
+            lines.append("admin API listening on %s" % self.admin.address)
+        return lines
+
+    def install_signal_handlers(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.begin_drain, sig.name)
+
+    def begin_drain(self, why="drain"):
+        if self._drain_task is None:
+            log.info("%s: draining (up to %gs)", why, self.config.timeouts.drain)
+            self._drain_task = self.loop.create_task(self._drain())
+
+    async def _drain(self):
+        for rt in self.listeners:
+            rt.draining = True
+            rt.server.close()
+            for conn in list(rt.connections):
+                conn.draining = True
+                if conn.state == 0 and not conn.buf:  # proxy.HEAD and idle
+                    conn.close()
+        deadline = self.loop.time() + self.config.timeouts.drain
+        while any(rt.connections for rt in self.listeners) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        left = sum(len(rt.connections) for rt in self.listeners)
+        if left:
+            log.warning("drain timeout: closing %d connection(s) still in flight", left)
+            for rt in self.listeners:
+                for conn in list(rt.connections):
+                    conn.abort()
+        await self.stop()
+
+    async def stop(self):
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        for rt in self.listeners:
+            rt.server.close()
+        if self.admin is not None:
+            await self.admin.stop()
+        for pool in self.pools.values():
+            for b in pool.backends:
+                while b.idle:
+                    b.idle.pop().close()
+        self._stopped.set()
+
+    async def wait_stopped(self):
+        await self._stopped.wait()
+
+
+def run(config, ready=None):
+    """Serve ``config`` until SIGTERM/SIGINT; return the exit code."""
+    import uvloop
+
+    async def main():
+        server = Server(config, asyncio.get_running_loop())
+        await server.start()
+        server.install_signal_handlers()
+        for line in server.describe():
+            print(line, flush=True)
+        if _core.IMPLEMENTATION != "cython":
+            log.warning("running on the pure-Python core (%s): expect lower throughput", _core.FALLBACK_REASON)
+        if ready is not None:
+            ready(server)
+        await server.wait_stopped()
+        # Let transports closed during the drain finish their close callbacks.
+        await asyncio.sleep(0)
+        return 0
+
+    return uvloop.run(main())

@@ -1,0 +1,143 @@
+"""YAML -> model: defaults, every key, and errors that name the key path."""
+
+import pytest
+
+from fastlb import config
+from fastlb.errors import ConfigError
+from fastlb.model import Address
+
+GOOD = """
+listeners:
+  - name: public
+    bind: 127.0.0.1:8080
+    routes:
+      - host: api.example.com
+        path_prefix: /v1
+        pool: api
+      - pool: web
+pools:
+  api:
+    algorithm: round_robin
+    retries: 1
+    backends:
+      - address: 127.0.0.1:9001
+        weight: 3
+      - 127.0.0.1:9002
+  web:
+    backends:
+      - address: "[::1]:9003"
+admin:
+  bind: 127.0.0.1:9901
+timeouts:
+  client_header: 250ms
+  client_idle: 2s
+  connect: 1.5
+  response: 1m
+  upstream_idle: 30s
+  tunnel: 1h
+  drain: 5s
+limits:
+  max_request_line: 4KiB
+  max_header_bytes: 32k
+  max_header_fields: 50
+  max_idle_per_backend: 8
+"""
+
+
+def problems(text):
+    with pytest.raises(ConfigError) as exc:
+        config.load_text(text)
+    return exc.value.problems
+
+
+def test_full_document():
+    cfg = config.load_text(GOOD)
+    (lst,) = cfg.listeners
+    assert lst.name == "public" and lst.bind == Address("127.0.0.1", 8080)
+    assert [(r.host, r.path_prefix, r.pool) for r in lst.routes] == [("api.example.com", "/v1", "api"), (None, "/", "web")]
+    api = cfg.pool("api")
+    assert api.retries == 1 and api.algorithm == "round_robin"
+    assert [(str(b.address), b.weight) for b in api.backends] == [("127.0.0.1:9001", 3), ("127.0.0.1:9002", 1)]
+    assert str(cfg.pool("web").backends[0].address) == "[::1]:9003"
+    assert cfg.admin.bind == Address("127.0.0.1", 9901)
+    t = cfg.timeouts
+    assert (t.client_header, t.client_idle, t.connect, t.response, t.upstream_idle, t.tunnel, t.drain) == \
+        (0.25, 2.0, 1.5, 60.0, 30.0, 3600.0, 5.0)
+    lim = cfg.limits
+    assert (lim.max_request_line, lim.max_header_bytes, lim.max_header_fields, lim.max_idle_per_backend) == \
+        (4096, 32768, 50, 8)
+
+
+def test_defaults():
+    cfg = config.load_text("listeners: [{bind: '127.0.0.1:0', pool: p}]\npools: {p: {backends: ['127.0.0.1:1']}}\n")
+    assert cfg.admin is None
+    assert cfg.timeouts.client_header == 10.0 and cfg.timeouts.response == 30.0
+    assert cfg.limits.max_request_line == 8192 and cfg.limits.max_header_bytes == 65536
+    assert cfg.limits.max_header_fields == 100
+
+
+def test_backend_address_error_names_key_path():
+    text = GOOD.replace("- 127.0.0.1:9002", "- address: '127.0.0.1'")
+    assert ("pools.api.backends[1].address", "expected HOST:PORT, got '127.0.0.1'") in problems(text)
+
+
+@pytest.mark.parametrize("edit, path, fragment", [
+    (("weight: 3", "weight: 0"), "pools.api.backends[0].weight", "between 1 and 1000"),
+    (("weight: 3", "wieght: 3"), "pools.api.backends[0].wieght", "unknown key"),
+    (("algorithm: round_robin", "algorithm: fastest"), "pools.api.algorithm", "unknown algorithm 'fastest'"),
+    (("client_header: 250ms", "client_header: soon"), "timeouts.client_header", "expected a duration"),
+    (("connect: 1.5", "connect: 0"), "timeouts.connect", "greater than zero"),
+    (("max_header_bytes: 32k", "max_header_bytes: lots"), "limits.max_header_bytes", "expected a size"),
+    (("pool: web", "pool: nope"), "listeners[0].routes[1].pool", "no pool named 'nope'"),
+    (("bind: 127.0.0.1:9901", "bind: 127.0.0.1:8080"), "admin.bind", "already bound"),
+    (("path_prefix: /v1", "path_prefix: v1"), "listeners[0].routes[0].path_prefix", "starting with '/'"),
+    (("bind: 127.0.0.1:8080", "bind: 127.0.0.1:99999"), "listeners[0].bind", "port must be"),
+    (("address: \"[::1]:9003\"", "address: \"::1:9003\""), "pools.web.backends[0].address", "brackets"),
+])
+def test_errors_name_the_key_path(edit, path, fragment):
+    got = problems(GOOD.replace(*edit))
+    assert any(p == path and fragment in m for p, m in got), got
+
+
+def test_all_problems_reported_together():
+    text = GOOD.replace("weight: 3", "weight: -1").replace("connect: 1.5", "connect: never")
+    paths = {p for p, _ in problems(text)}
+    assert {"pools.api.backends[0].weight", "timeouts.connect"} <= paths
+
+
+def test_unknown_top_level_key_and_missing_sections():
+    got = problems("listeners: []\nbogus: 1\n")
+    assert ("bogus", "unknown key (allowed: listeners, pools, admin, timeouts, limits)") in got
+    assert ("pools", "required key is missing") in got
+
+
+def test_duplicate_backend_and_listener_binds():
+    text = """
+listeners:
+  - {bind: '127.0.0.1:8080', pool: p}
+  - {bind: '127.0.0.1:8080', pool: p}
+pools:
+  p: {backends: ['127.0.0.1:1', '127.0.0.1:1']}
+"""
+    got = dict(problems(text))
+    assert "already bound by listeners[0]" in got["listeners[1].bind"]
+    assert "already backends[0]" in got["pools.p.backends[1].address"]
+
+
+def test_yaml_syntax_error_has_line():
+    (only,) = problems("listeners: [\n  - bind: x\n pools")
+    assert "not valid YAML" in only[1] and "line" in only[1]
+
+
+def test_empty_document():
+    assert problems("") == [("", "<config> is empty")]
+
+
+@pytest.mark.parametrize("text, seconds", [("250ms", 0.25), ("2s", 2.0), ("1.5m", 90.0), ("1h", 3600.0), (3, 3.0)])
+def test_durations(text, seconds):
+    assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text, size", [("8KiB", 8192), ("64k", 65536), ("1MiB", 1 << 20), (100, 100), ("2KB", 2000)])
+def test_sizes(text, size):
+    assert config.parse_size(text) == size

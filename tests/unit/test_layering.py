@@ -1,0 +1,77 @@
+"""The dependency direction of DESIGN.md, enforced on the source.
+
+Leaves first: errors <- model <- config; _core <- http kernels, balancer;
+metrics/upstream/downstream <- proxy <- server <- cli. _core and balancer are
+sans-IO: they never import asyncio, ssl or time (time is passed in).
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+PKG = pathlib.Path(__file__).resolve().parents[2] / "fastlb"
+
+# module -> fastlb modules it must NOT import
+FORBIDDEN = {
+    "errors": {"model", "config", "balancer", "proxy", "server", "cli", "upstream", "downstream", "admin"},
+    "model": {"config", "balancer", "proxy", "server", "cli", "upstream", "downstream", "admin"},
+    "config": {"balancer", "proxy", "server", "cli", "upstream", "downstream", "admin"},
+    "balancer": {"proxy", "server", "cli", "upstream", "downstream", "admin", "config"},
+    "upstream": {"proxy", "server", "cli", "downstream", "admin"},
+    "downstream": {"proxy", "server", "cli", "admin"},
+    "proxy": {"server", "cli", "admin"},
+    "server": {"cli"},
+}
+SANS_IO = {"asyncio", "ssl", "time", "socket", "selectors"}
+
+
+def imports_of(path):
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            dots = "." * node.level
+            if node.module:
+                names.add(dots + node.module)
+            else:  # from . import x
+                names.update(dots + a.name for a in node.names)
+    return names
+
+
+def local_targets(names):
+    out = set()
+    for n in names:
+        if n.startswith("."):
+            out.add(n.lstrip(".").split(".")[0])
+        elif n.startswith("fastlb."):
+            out.add(n.split(".")[1])
+    return out
+
+
+@pytest.mark.parametrize("module", sorted(FORBIDDEN))
+def test_dependency_direction(module):
+    path = PKG / (module + ".py")
+    bad = local_targets(imports_of(path)) & FORBIDDEN[module]
+    assert not bad, "%s imports %s against the dependency direction" % (module, sorted(bad))
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "_core").glob("*.py")) + sorted((PKG / "_core").glob("*.pyx"))
+                         + [PKG / "balancer.py"], ids=lambda p: p.name)
+def test_kernels_are_sans_io_and_self_contained(path):
+    text = path.read_text()
+    if path.suffix == ".pyx":
+        names = set()
+        for line in text.splitlines():
+            s = line.strip()
+            if s.startswith("import ") or (s.startswith("from ") and " import " in s):
+                names.add(s.split()[1])
+    else:
+        names = imports_of(path)
+    top = {n.lstrip(".").split(".")[0] for n in names if not n.startswith(".")}
+    assert not top & SANS_IO, "%s imports %s" % (path.name, sorted(top & SANS_IO))
+    if path.parent.name == "_core":
+        assert not any(n.startswith("fastlb") for n in names), "_core must not import the rest of fastlb"
+        assert not any(n.startswith("..") for n in names), "_core must not import the rest of fastlb"
