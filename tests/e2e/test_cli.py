@@ -1,0 +1,182 @@
+"""The fastlb command as a user runs it: check, run (file and quick mode), demo, version."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+import fastlb
+from tests.integration.conftest import free_port
+from tests.support.backend import BackendServer
+from tests.support.fastlb_proc import FastlbProcess
+
+
+def consecutive_free_ports(n):
+    """n consecutive ports that can be bound now (the demo backends use base, base+1, ...)."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return list(range(base, base + n))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no %d consecutive free ports" % n)
+
+
+def fastlb_cmd(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "fastlb", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_version_matches_package_metadata():
+    from importlib.metadata import version
+
+    out = fastlb_cmd("--version")
+    assert out.returncode == 0
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("fastlb %s (core: " % fastlb.__version__)
+    assert version("fastlb") == fastlb.__version__
+    assert fastlb_cmd("version").stdout == out.stdout
+
+
+def test_check_valid_file(tmp_path):
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("listeners: [{bind: '127.0.0.1:8080', pool: api}]\npools: {api: {backends: ['127.0.0.1:9001']}}\n")
+    out = fastlb_cmd("check", "-c", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert "OK (1 listener(s), 1 pool(s), 1 backend(s))" in out.stdout
+
+
+def test_check_reports_every_key_path(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        "listeners: [{bind: '127.0.0.1:8080', pool: api}]\n"
+        "pools:\n  api:\n    backends:\n      - address: 127.0.0.1:9001\n      - address: '127.0.0.1'\n"
+        "timeouts: {connect: soon}\n")
+    out = fastlb_cmd("check", "-c", str(cfg))
+    assert out.returncode == 2
+    assert "pools.api.backends[1].address: expected HOST:PORT, got '127.0.0.1'" in out.stderr
+    assert "timeouts.connect: expected a duration like 250ms or 2s, got 'soon'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_check_missing_file_and_bad_yaml(tmp_path):
+    out = fastlb_cmd("check", "-c", str(tmp_path / "nope.yaml"))
+    assert out.returncode == 2 and "cannot read" in out.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listeners: [\n")
+    out = fastlb_cmd("check", "-c", str(bad))
+    assert out.returncode == 2 and "not valid YAML" in out.stderr
+
+
+def test_run_refuses_invalid_config(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("listeners: [{bind: '127.0.0.1:8080', pool: nope}]\npools: {api: {backends: ['127.0.0.1:1']}}\n")
+    out = fastlb_cmd("run", "-c", str(cfg))
+    assert out.returncode == 2
+    assert "listeners[0].pool: no pool named 'nope'" in out.stderr
+
+
+def test_quick_mode_errors_name_the_flag():
+    out = fastlb_cmd("run", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9001", "--backend", "127.0.0.1")
+    assert out.returncode == 2
+    assert "--backend[1].address: expected HOST:PORT, got '127.0.0.1'" in out.stderr
+    out = fastlb_cmd("run", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9001,weight=x")
+    assert out.returncode == 2 and "HOST:PORT[,weight=N]" in out.stderr
+    out = fastlb_cmd("run", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9001", "--algorithm", "nope")
+    assert out.returncode == 2 and "--algorithm: unknown algorithm 'nope'" in out.stderr
+    out = fastlb_cmd("run")
+    assert out.returncode == 2 and "needs -c FILE" in out.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    try:
+        out = fastlb_cmd("run", "--listen", "127.0.0.1:%d" % port, "--backend", "127.0.0.1:9001")
+        assert out.returncode == 1
+        assert "cannot start" in out.stderr and "Traceback" not in out.stderr
+    finally:
+        s.close()
+
+
+def test_quick_mode_serves_with_weights_and_admin(tmp_path):
+    with BackendServer(name="q1") as b1, BackendServer(name="q2") as b2:
+        proc = FastlbProcess(tmp_path, args=[
+            "run", "--listen", "127.0.0.1:0", "--backend", b1.address + ",weight=3",
+            "--backend", b2.address, "--admin", "127.0.0.1:0"]).start()
+        try:
+            with httpx.Client() as c:
+                names = [c.get(proc.url("/")).headers["x-backend"] for _ in range(8)]
+            assert names.count("q1") == 6 and names.count("q2") == 2
+            pools = httpx.get("http://127.0.0.1:%d/api/v1/pools" % proc.admin_port).json()["pools"]
+            (pool,) = pools
+            assert pool["name"] == "default"
+            assert [b["requests_total"] for b in pool["backends"]] == [6, 2]
+            info = httpx.get("http://127.0.0.1:%d/api/v1/info" % proc.admin_port).json()
+            assert info["version"] == fastlb.__version__
+            assert httpx.get("http://127.0.0.1:%d/healthz" % proc.admin_port).json() == {"status": "ok"}
+            assert proc.terminate() == 0
+        finally:
+            proc.kill()
+
+
+def test_pure_core_warns_at_start(tmp_path):
+    with BackendServer(name="w1") as b1:
+        proc = FastlbProcess(tmp_path, args=["run", "--listen", "127.0.0.1:0", "--backend", b1.address],
+                             env={"FASTLB_NO_EXTENSIONS": "1", "FASTLB_REQUIRE_EXTENSIONS": ""}).start()
+        try:
+            assert httpx.get(proc.url("/")).status_code == 200
+            assert proc.terminate() == 0
+            assert "running on the pure-Python core (FASTLB_NO_EXTENSIONS is set)" in "".join(proc.output)
+        finally:
+            proc.kill()
+
+
+def test_demo_serves_and_stops_on_ctrl_c():
+    port, admin = free_port(), free_port()
+    bports = consecutive_free_ports(3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastlb", "demo", "--port", str(port), "--admin-port", str(admin),
+         "--backend-port", str(bports[0])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        seen = []
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get("http://127.0.0.1:%d/hello" % port, timeout=2)
+                if r.status_code == 200:
+                    seen.append(r.json()["backend"])
+                    if len(seen) == 4:
+                        break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert sorted(seen) == ["demo-1", "demo-1", "demo-2", "demo-3"]  # weights 2, 1, 1
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert "curl -s http://127.0.0.1:%d/hello" % port in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
