@@ -83,7 +83,7 @@ class LimitSpec:
     max_request_line: int = 8192  # bytes; longer -> 414 (RFC 9112 §3)
     max_header_bytes: int = 65536  # whole head; larger -> 431 (RFC 6585 §5)
     max_header_fields: int = 100  # field lines; more -> 431
-    max_idle_per_backend: int = 32  # idle keep-alive connections kept per backend
+    max_idle_per_backend: int = 256  # idle keep-alive connections kept per backend
 
 
 @dataclass(frozen=True)

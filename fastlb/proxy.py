@@ -577,17 +577,34 @@ class ProxyConnection(DownstreamProtocol):
         self.close_after = close_after
         self.up_reusable = rsc.keep_alive and mode != M_CLOSE
         rbuf = self.rbuf
-        self.transport.write(rsc.build_downstream_head(rbuf, extra, False))
+        head = rsc.build_downstream_head(rbuf, extra, False)
         self.resp_started = True
         self.rstate = R_BODY
-        if self.req_done:
+        size = len(rbuf) - n
+        if mode == M_LENGTH and size:
+            # The common REST case: head and (part of) the body arrived together;
+            # they leave in one write, one syscall.
+            remaining = self.r_remaining
+            take = size if size < remaining else remaining
+            self.transport.write(head + rbuf[n:n + take])
+            self.r_remaining = remaining - take
+            rbuf.clear()
+            if take == remaining:
+                self._response_done(size > take)
+                return
+        else:
+            self.transport.write(head)
+            rest = bytes(rbuf[n:]) if size else None
+            rbuf.clear()
+            if mode == M_NONE or (mode == M_LENGTH and self.r_remaining == 0):
+                self._response_done(rest is not None)
+                return
+            if rest is not None:
+                self._response_body(rest)
+                if self.rstate != R_BODY:
+                    return
+        if self.req_done:  # the response body is in progress: its inactivity bound
             self._set_deadline(T_RESPONSE, self.listener.timeouts.response)
-        rest = bytes(rbuf[n:]) if len(rbuf) > n else None
-        rbuf.clear()
-        if mode == M_NONE or (mode == M_LENGTH and self.r_remaining == 0):
-            self._response_done(rest is not None)
-        elif rest is not None:
-            self._response_body(rest)
 
     def _response_body(self, data):
         mode = self.r_mode
