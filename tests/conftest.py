@@ -5,8 +5,8 @@ and loads the kernel module through ``load_twin``; the compiled twin is skipped
 only when FASTLB_NO_EXTENSIONS is set (tests/unit/test_core_loaded.py fails
 otherwise, so a missing build can never pass silently).
 
-Corpora: ``../shared/corpora`` beside the checkout (see its README); tests that
-read it skip with a reason when it is absent.
+Corpora: ``../shared/corpora`` beside the checkout (see its README), or
+``$FASTLB_CORPORA``; tests that read it skip with a reason when it is absent.
 """
 
 import importlib
@@ -16,7 +16,8 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CORPORA = ROOT.parent / "shared" / "corpora"
+# FASTLB_CORPORA points elsewhere when the tests run from a copy (ci/test-wheel.sh).
+CORPORA = pathlib.Path(os.environ.get("FASTLB_CORPORA") or ROOT.parent / "shared" / "corpora")
 
 TWINS = ("cython", "python")
 

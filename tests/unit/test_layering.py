@@ -10,7 +10,10 @@ import pathlib
 
 import pytest
 
-PKG = pathlib.Path(__file__).resolve().parents[2] / "fastlb"
+import fastlb
+
+# The package under test (the checkout, or an installed wheel when the tests run from a copy).
+PKG = pathlib.Path(fastlb.__file__).resolve().parent
 
 # module -> fastlb modules it must NOT import
 FORBIDDEN = {
