@@ -37,6 +37,7 @@ import logging
 from ._core import ChunkedDecoder, RequestScanner, ResponseScanner, ScanError
 from .downstream import BLOCK_PENDING, BLOCK_PIPELINE, BLOCK_UPSTREAM, DownstreamProtocol
 from .errors import REASONS
+from .http1 import authority_of
 from .upstream import WRITE_HIGH_WATER, UpstreamConnection, acquire, release
 
 log = logging.getLogger("fastlb.proxy")
@@ -312,8 +313,10 @@ class ProxyConnection(DownstreamProtocol):
         if self.req_upgrade:
             extra += b"Connection: upgrade\r\n"
         if not sc.host:
-            # HTTP/1.0 without Host: the upstream request is HTTP/1.1, which requires one.
-            extra += b"Host: " + (pool.host_header if pool is not None else b"localhost") + CRLF
+            # HTTP/1.0 without Host: the upstream request is HTTP/1.1, which requires one
+            # (RFC 9112 §3.2): the absolute-form target's authority, else the pool's first backend.
+            extra += b"Host: " + (authority_of(self.req_target) or
+                                  (pool.host_header if pool is not None else b"localhost")) + CRLF
         self.req_head = sc.build_upstream_head(self.buf, self.client_ip, extra, self.req_upgrade)
         del self.buf[:n]
 

@@ -20,34 +20,13 @@ import signal
 
 from . import _core
 from .balancer import Pool
+from .http1 import authority_of, path_of, split_host
 from .proxy import ProxyConnection
 from .upstream import sweep_idle
 
 log = logging.getLogger("fastlb")
 
 __all__ = ["Server", "Router", "ListenerRuntime", "run"]
-
-
-def _split_host(host):
-    """Host header value -> lowercase host without port (bytes)."""
-    if host.startswith(b"["):
-        end = host.find(b"]")
-        return host[: end + 1].lower() if end > 0 else host.lower()
-    i = host.rfind(b":")
-    return (host[:i] if i >= 0 else host).lower()
-
-
-def _path_of(target):
-    """Request target -> path for prefix matching (RFC 9112 §3.2 forms)."""
-    if target[:1] == b"/":
-        return target
-    if target == b"*":
-        return b"/"  # asterisk-form (OPTIONS *): only routes for "/" match
-    scheme_end = target.find(b"://")
-    if scheme_end > 0:  # absolute-form
-        slash = target.find(b"/", scheme_end + 3)
-        return target[slash:] if slash > 0 else b"/"
-    return target
 
 
 class Router:
@@ -71,8 +50,10 @@ class Router:
     def route(self, host, target):
         if self.only is not None:
             return self.only
-        name = _split_host(host) if host else b""
-        path = _path_of(target)
+        if not host:  # HTTP/1.0 absolute-form without Host: the target names the host
+            host = authority_of(target)
+        name = split_host(host) if host else b""
+        path = path_of(target)
         for rhost, wildcard, prefix, pool in self.routes:
             if rhost is not None and name != rhost:
                 continue

@@ -386,3 +386,15 @@ def test_sigterm_drains_in_flight_requests(fastlb, backends):
     assert time.monotonic() - t0 < 10
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proc.port), timeout=2)
+
+
+def test_http10_absolute_form_without_host_routes_by_target(fastlb, backends):
+    doc = pool_doc(backends[:1])
+    doc["listeners"][0] = {"name": "main", "bind": "127.0.0.1:0",
+                           "routes": [{"host": "api.example.com", "pool": "p"}]}
+    proc = fastlb(doc)
+    s = raw(proc, b"GET http://api.example.com/v1/x HTTP/1.0\r\n\r\n")
+    data = recv_until_closed(s)
+    assert data.startswith(b"HTTP/1.1 200")
+    rec = backends[0].requests[-1]
+    assert rec.header("host") == b"api.example.com"
