@@ -843,6 +843,32 @@ cdef list _headers(Head *h, object buf):
             PyBuffer_Release(&view)
 
 
+cdef object _header_value(Head *h, object buf, object name):
+    """First field named ``name`` (case-insensitive), value OWS-trimmed, or None."""
+    cdef Py_buffer view
+    cdef const unsigned char *p = NULL
+    cdef Py_ssize_t size = 0, k, nlen
+    cdef Field *f
+    cdef int release
+    cdef bytes name_b
+    if not h.complete:
+        raise RuntimeError("no complete head: scan() has not returned n > 0")
+    name_b = name if PyBytes_CheckExact(name) else bytes(name)
+    nlen = PyBytes_GET_SIZE(name_b)
+    release = _get_buffer(buf, &view, &p, &size)
+    try:
+        if size < h.n:
+            raise ValueError("buffer no longer holds the scanned head")
+        for k in range(h.nfields):
+            f = &h.fields[k]
+            if f.name1 - f.name0 == nlen and _ieq2(p + f.name0, <const unsigned char *>PyBytes_AS_STRING(name_b), nlen):
+                return PyBytes_FromStringAndSize(<const char *>p + f.value0, f.value1 - f.value0)
+        return None
+    finally:
+        if release:
+            PyBuffer_Release(&view)
+
+
 cdef Head *_new_head(Py_ssize_t max_line, Py_ssize_t max_head, Py_ssize_t max_fields, bint is_request, Head *h) except NULL:
     if max_line < 1 or max_head < 1 or max_fields < 0:
         raise ValueError("limits must be positive")
@@ -993,6 +1019,10 @@ cdef class RequestScanner:
         """[(name as sent, value OWS-trimmed)] of the last scanned head."""
         return _headers(&self.h, buf)
 
+    def header_value(self, buf, name):
+        """Value of the first field called ``name`` (any case), OWS-trimmed, or None."""
+        return _header_value(&self.h, buf, name)
+
     def build_upstream_head(self, buf, client_ip, extra, bint keep_upgrade):
         """The head to send upstream: hop-by-hop removed, X-Forwarded-For merged."""
         cdef Head *h = &self.h
@@ -1124,6 +1154,10 @@ cdef class ResponseScanner:
     def headers(self, buf):
         """[(name as sent, value OWS-trimmed)] of the last scanned head."""
         return _headers(&self.h, buf)
+
+    def header_value(self, buf, name):
+        """Value of the first field called ``name`` (any case), OWS-trimmed, or None."""
+        return _header_value(&self.h, buf, name)
 
     def build_downstream_head(self, buf, extra, bint keep_upgrade):
         """The head to send to the client: hop-by-hop removed, X-Forwarded-* untouched."""

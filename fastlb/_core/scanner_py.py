@@ -420,6 +420,15 @@ class _HeadScanner:
             for (n0, n1), (v0, v1) in zip(self._names, self._values)
         ]
 
+    def header_value(self, buf, name):
+        """Value of the first field called ``name`` (any case), OWS-trimmed, or None."""
+        buf = self._require_head(buf)
+        lname = bytes(name).lower()
+        for (n0, n1), (v0, v1) in zip(self._names, self._values):
+            if n1 - n0 == len(lname) and _lower(buf, n0, n1) == lname:
+                return bytes(buf[v0:v1])
+        return None
+
     def _connection_listed(self, buf, name):
         """Is this field name one of the Connection options (RFC 9110 §7.6.1)?"""
         lname = bytes(name).lower()

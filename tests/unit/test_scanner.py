@@ -836,3 +836,18 @@ def test_build_downstream_head_upgrade(mod):
         b"Connection: upgrade\r\n\r\n"
     )
     assert _build_down(mod, raw) == b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: a\r\n\r\n"
+
+
+def test_header_value_first_match_any_case(twin):
+    sc = load_twin("scanner", twin)
+    req = sc.RequestScanner()
+    buf = bytearray(b"GET / HTTP/1.1\r\nHost: h\r\nX-User:  alice \r\nx-user: bob\r\nCookie: a=1\r\n\r\n")
+    assert req.scan(buf) == len(buf)
+    assert req.header_value(buf, b"X-USER") == b"alice"
+    assert req.header_value(buf, b"cookie") == b"a=1"
+    assert req.header_value(buf, b"x-missing") is None
+    assert req.header_value(buf, b"x-use") is None
+    resp = sc.ResponseScanner()
+    rbuf = b"HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\nContent-Length: 0\r\n\r\n"
+    assert resp.scan(rbuf) == len(rbuf)
+    assert resp.header_value(rbuf, b"set-cookie") == b"s=1"
