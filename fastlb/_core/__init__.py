@@ -19,7 +19,7 @@ import os
 
 from ._scanerror import ScanError
 
-KERNELS = ("scanner", "wrr")
+KERNELS = ("scanner", "selectors", "hashing")
 
 IMPLEMENTATION = "python"
 FALLBACK_REASON = None
@@ -38,7 +38,10 @@ if _truthy("FASTLB_NO_EXTENSIONS"):
 else:
     try:
         from .scanner import ChunkedDecoder, RequestScanner, ResponseScanner
-        from .wrr import SmoothWRR
+        from .selectors import (
+            P2C, LeastConnections, LoadState, PeakEWMA, RoundRobin, SmoothWRR, WeightedRandom,
+        )
+        from .hashing import KetamaRing, Maglev, key_hash, md5
 
         IMPLEMENTATION = "cython"
     except ImportError as exc:  # not built (source checkout, pure wheel)
@@ -51,7 +54,10 @@ else:
 
 if IMPLEMENTATION == "python":
     from .scanner_py import ChunkedDecoder, RequestScanner, ResponseScanner
-    from .wrr_py import SmoothWRR
+    from .selectors_py import (
+        P2C, LeastConnections, LoadState, PeakEWMA, RoundRobin, SmoothWRR, WeightedRandom,
+    )
+    from .hashing_py import KetamaRing, Maglev, key_hash, md5
 
 __all__ = [
     "IMPLEMENTATION",
@@ -61,5 +67,15 @@ __all__ = [
     "RequestScanner",
     "ResponseScanner",
     "ChunkedDecoder",
+    "LoadState",
+    "RoundRobin",
     "SmoothWRR",
+    "LeastConnections",
+    "WeightedRandom",
+    "P2C",
+    "PeakEWMA",
+    "KetamaRing",
+    "Maglev",
+    "key_hash",
+    "md5",
 ]

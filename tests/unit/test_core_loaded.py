@@ -18,7 +18,9 @@ from fastlb import _core
 def test_compiled_core_is_loaded():
     assert _core.IMPLEMENTATION == "cython", _core.FALLBACK_REASON
     assert fastlb.core_implementation() == "cython"
-    for name in ("RequestScanner", "ResponseScanner", "ChunkedDecoder", "SmoothWRR"):
+    for name in ("RequestScanner", "ResponseScanner", "ChunkedDecoder", "SmoothWRR", "RoundRobin",
+                 "LoadState", "LeastConnections", "WeightedRandom", "P2C", "PeakEWMA",
+                 "KetamaRing", "Maglev", "key_hash", "md5"):
         cls = getattr(_core, name)
         # Extension types are not defined in a .py file.
         assert not getattr(sys.modules[cls.__module__], "__file__", "").endswith(".py"), name
