@@ -5,6 +5,8 @@ Endpoints (docs/operations.md):
     GET  /api/v1/info                              version, core implementation, listeners
     GET  /api/v1/pools                             every pool with its backends and counters
     GET  /api/v1/pools/{pool}                      one pool
+    GET  /api/v1/pools/{pool}/explain?key=K        which backend a request with key K would get, and why
+         (also ?ip=ADDR for ip_hash / hash_key ip; without key: the round-robin fallback)
     POST /api/v1/pools/{pool}/backends/{address}/disable   take a backend out of rotation
     POST /api/v1/pools/{pool}/backends/{address}/enable    put it back
 
@@ -14,6 +16,7 @@ Bind it to loopback or a management network: it has no authentication yet.
 import asyncio
 import json
 import logging
+import urllib.parse
 
 import h11
 
@@ -85,7 +88,8 @@ class AdminServer:
                 return None, b""
 
     def dispatch(self, method, target, body):
-        path = target.split("?", 1)[0].rstrip("/") or "/"
+        path, _, query = target.partition("?")
+        path = path.rstrip("/") or "/"
         parts = [p for p in path.split("/") if p]
         srv = self.server
         if path == "/healthz":
@@ -104,13 +108,18 @@ class AdminServer:
                                "connections": len(rt.connections)} for rt in srv.listeners],
             }
         if rest == ["pools"] and method == "GET":
-            return 200, {"pools": [p.as_dict() for p in srv.pools.values()]}
+            now = srv.loop.time()
+            return 200, {"pools": [p.as_dict(now) for p in srv.pools.values()]}
         if len(rest) >= 2 and rest[0] == "pools":
             pool = srv.pools.get(rest[1])
             if pool is None:
                 return 404, {"error": "no pool named %r" % rest[1]}
             if len(rest) == 2 and method == "GET":
-                return 200, pool.as_dict()
+                return 200, pool.as_dict(self.server.loop.time())
+            if len(rest) == 3 and rest[2] == "explain" and method == "GET":
+                params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+                key = params.get("key", params.get("ip"))
+                return 200, pool.explain(key.encode("latin-1") if key is not None else None, self.server.loop.time())
             if len(rest) == 5 and rest[2] == "backends" and rest[4] in ("enable", "disable"):
                 if method != "POST":
                     return 405, {"error": "use POST"}
@@ -119,5 +128,5 @@ class AdminServer:
                     return 404, {"error": "pool %s has no backend %s" % (pool.name, rest[3])}
                 pool.set_state(backend, "up" if rest[4] == "enable" else "disabled")
                 log.info("admin: %s %s/%s", rest[4], pool.name, backend.address)
-                return 200, backend.as_dict()
+                return 200, pool.backend_dict(backend, self.server.loop.time())
         return 404, {"error": "not found: %s %s" % (method, path)}

@@ -108,6 +108,31 @@ def parse_address(value, allow_port_zero=False):
     return Address(host, port_n)
 
 
+def parse_hash_key(value):
+    """``ip``, ``path``, ``header:NAME``, ``cookie:NAME``, ``query:NAME`` -> (kind, name)."""
+    if not isinstance(value, str):
+        raise ValueError("expected ip, path, header:NAME, cookie:NAME or query:NAME, got %r" % (value,))
+    kind, sep, name = value.partition(":")
+    kind = kind.strip().lower()
+    name = name.strip()
+    if kind in ("ip", "path") and not sep:
+        return (kind, "")
+    if kind in ("header", "cookie", "query") and name and all(33 <= ord(c) < 127 for c in name):
+        return (kind, name.lower() if kind == "header" else name)
+    raise ValueError("expected ip, path, header:NAME, cookie:NAME or query:NAME, got %r" % (value,))
+
+
+def _is_prime(n):
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
 class _Ctx:
     """Collects (path, message) problems while walking the document."""
 
@@ -177,7 +202,9 @@ def load_text(text, source="<config>"):
 
 
 _TOP = ("listeners", "pools", "admin", "timeouts", "limits")
-_POOL_KEYS = ("algorithm", "backends", "retries")
+_POOL_KEYS = ("algorithm", "backends", "retries", "hash_key", "hash_balance_factor", "ewma_decay",
+              "maglev_table_size")
+HASH_KEY_KINDS = ("ip", "path", "header", "cookie", "query")
 _BACKEND_KEYS = ("address", "weight")
 _LISTENER_KEYS = ("name", "bind", "routes", "pool")
 _ROUTE_KEYS = ("host", "path_prefix", "pool")
@@ -227,6 +254,38 @@ def _pools(ctx, value):
         if algorithm not in ALGORITHMS:
             ctx.err(path + ".algorithm", "unknown algorithm %r (known: %s)" % (algorithm, ", ".join(ALGORITHMS)))
         retries = ctx.integer(body.get("retries", 2), path + ".retries", 0, 10)
+        caps = ALGORITHMS.get(algorithm, {})
+        hash_key = None
+        if "hash_key" in body:
+            hash_key = ctx.convert(body["hash_key"], path + ".hash_key", parse_hash_key)
+            if caps and caps.get("key") != "required":
+                ctx.err(path + ".hash_key", "only consistent_hash and maglev take a hash_key (algorithm is %s)" % algorithm)
+        elif caps.get("key") == "required":
+            ctx.err(path + ".hash_key", "%s needs a hash_key: ip, path, header:NAME, cookie:NAME or query:NAME" % algorithm)
+        if caps.get("key") == "ip":
+            hash_key = ("ip", "")
+        factor = 0.0
+        if "hash_balance_factor" in body:
+            raw_f = body["hash_balance_factor"]
+            if isinstance(raw_f, bool) or not isinstance(raw_f, (int, float)) or raw_f < 1.0:
+                ctx.err(path + ".hash_balance_factor", "expected a number >= 1.0 (e.g. 1.25), got %r" % (raw_f,))
+            elif caps and not caps.get("bounded"):
+                ctx.err(path + ".hash_balance_factor", "applies to consistent_hash, maglev and ip_hash only")
+            else:
+                factor = float(raw_f)
+        decay = 10.0
+        if "ewma_decay" in body:
+            decay = ctx.convert(body["ewma_decay"], path + ".ewma_decay", parse_duration) or 10.0
+            if caps and algorithm != "ewma":
+                ctx.err(path + ".ewma_decay", "applies to the ewma algorithm only")
+        table = 65537
+        if "maglev_table_size" in body:
+            table = ctx.integer(body["maglev_table_size"], path + ".maglev_table_size", 7, 10000019)
+            if table is not None and not _is_prime(table):
+                ctx.err(path + ".maglev_table_size", "must be a prime number (e.g. 65537, 655373), got %d" % table)
+            if caps and algorithm != "maglev":
+                ctx.err(path + ".maglev_table_size", "applies to the maglev algorithm only")
+            table = table or 65537
         backends = []
         raw = body.get("backends")
         if not isinstance(raw, list) or not raw:
@@ -248,7 +307,15 @@ def _pools(ctx, value):
                 seen[str(addr)] = i
             if addr is not None and weight is not None:
                 backends.append(BackendSpec(addr, weight))
-        pools.append(PoolSpec(name=name, backends=tuple(backends), algorithm=algorithm, retries=retries or 0))
+        if algorithm in ("ip_hash", "consistent_hash") and sum(b.weight for b in backends) * 160 > 1 << 24:
+            # 160 ring points per weight unit (libketama); the kernel caps the ring at 2^24 points.
+            ctx.err(path + ".backends", "the ring would need more than 2^24 points: keep the sum of weights "
+                    "at most 104857 (it is %d)" % sum(b.weight for b in backends))
+        if algorithm == "maglev" and len(backends) * 7 > table:
+            ctx.err(path + ".maglev_table_size", "must be at least 7 x the number of backends (%d)" % (7 * len(backends)))
+        pools.append(PoolSpec(name=name, backends=tuple(backends), algorithm=algorithm, retries=retries or 0,
+                              hash_key=hash_key, hash_balance_factor=factor, ewma_decay=decay,
+                              maglev_table_size=table))
     return pools
 
 

@@ -7,13 +7,27 @@ re-validates. Defaults are the documented ones (docs/configuration.md).
 
 from dataclasses import dataclass, field
 
-# Algorithms as data (as HAProxy's BE_LB_* flags): config validation and the CLI
-# read this table; balancer.py maps each name to a selector builder.
+# Algorithms as data (as HAProxy's BE_LB_* flags): config validation, the CLI and
+# balancer.py read this table. Capabilities:
+#   load     the selector reads live in-flight counts / latency (LoadState)
+#   key      the selector needs a request key (hash_key); ip_hash's key is the client address
+#   bounded  hash_balance_factor applies (bounded loads)
 ALGORITHMS = {
-    "round_robin": {
-        "summary": "smooth weighted round robin (nginx's): weights 5,1,1 -> a a b a c a a",
-        "uses_weights": True,
-    },
+    "round_robin": {"summary": "smooth weighted round robin (nginx's): weights 5,1,1 -> a a b a c a a",
+                    "load": False, "key": None, "bounded": False},
+    "least_connections": {"summary": "fewest in-flight requests relative to weight; ties round robin",
+                          "load": True, "key": None, "bounded": False},
+    "random": {"summary": "weighted random", "load": False, "key": None, "bounded": False},
+    "p2c": {"summary": "power of two choices: two weighted-random candidates, fewer in-flight wins",
+            "load": True, "key": None, "bounded": False},
+    "ewma": {"summary": "latency-aware: peak-EWMA response time x (in-flight + 1)",
+             "load": True, "key": None, "bounded": False},
+    "ip_hash": {"summary": "client address on the consistent (ketama) ring",
+                "load": False, "key": "ip", "bounded": True},
+    "consistent_hash": {"summary": "libketama-compatible consistent hash ring over hash_key",
+                        "load": False, "key": "required", "bounded": True},
+    "maglev": {"summary": "Maglev lookup table (NSDI 2016) over hash_key",
+               "load": False, "key": "required", "bounded": True},
 }
 
 DEFAULT_ALGORITHM = "round_robin"
@@ -44,6 +58,12 @@ class PoolSpec:
     # Connect failures (and idempotent requests whose reused connection died
     # before a response byte) are retried on another backend this many times.
     retries: int = 2
+    # Request key for hash algorithms: ("ip"|"header"|"cookie"|"path"|"query", name or "").
+    hash_key: tuple = None
+    # Bounded loads (Mirrokni et al.): no backend above factor x mean in-flight; 0 = off.
+    hash_balance_factor: float = 0.0
+    ewma_decay: float = 10.0  # seconds: time constant of the peak-EWMA latency
+    maglev_table_size: int = 65537  # prime
 
 
 @dataclass(frozen=True)

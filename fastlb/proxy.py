@@ -37,7 +37,8 @@ import logging
 from ._core import ChunkedDecoder, RequestScanner, ResponseScanner, ScanError
 from .downstream import BLOCK_PENDING, BLOCK_PIPELINE, BLOCK_UPSTREAM, DownstreamProtocol
 from .errors import REASONS
-from .http1 import authority_of
+from .balancer import KEY_COOKIE, KEY_HEADER, KEY_IP, KEY_NONE, KEY_PATH, KEY_QUERY
+from .http1 import authority_of, cookie_value, path_of, query_param
 from .upstream import WRITE_HIGH_WATER, UpstreamConnection, acquire, release
 
 log = logging.getLogger("fastlb.proxy")
@@ -87,7 +88,8 @@ class ProxyConnection(DownstreamProtocol):
         "pool", "backend", "upstream", "connect_task", "tried", "attempts",
         "req_head", "req_method", "req_target", "req_minor", "req_keep_alive", "req_is_head",
         "req_upgrade", "req_idempotent", "req_has_body", "req_remaining", "req_decoder", "req_done",
-        "request_id", "pending", "pending_bytes", "sent_to_backend", "fresh_only",
+        "request_id", "pending", "pending_bytes", "sent_to_backend", "fresh_only", "req_key",
+        "t_sent", "latency",
         # response
         "r_mode", "r_remaining", "r_decoder", "rechunk", "close_after", "up_reusable",
         "resp_started", "resp_seen", "client_eof", "draining", "in_heads",
@@ -136,6 +138,9 @@ class ProxyConnection(DownstreamProtocol):
         self.pending_bytes = 0
         self.sent_to_backend = False
         self.fresh_only = False
+        self.req_key = None
+        self.t_sent = 0.0
+        self.latency = -1.0
         self.r_mode = M_NONE
         self.r_remaining = 0
         self.r_decoder = None
@@ -303,6 +308,8 @@ class ProxyConnection(DownstreamProtocol):
             self._client_error(405, "CONNECT is not supported by a reverse proxy")
             return
         pool = listener.route(sc.host, self.req_target)
+        if pool is not None and pool.key_kind != KEY_NONE:
+            self.req_key = self._request_key(pool)
 
         # the rebuilt head, kept until the first backend write (retries resend it)
         extra = listener.extra_proto
@@ -336,7 +343,10 @@ class ProxyConnection(DownstreamProtocol):
         self.pool = pool
 
         # phase: select
-        backend = pool.pick()
+        if pool.measure_latency:
+            backend = pool.pick(self.req_key, listener.loop.time())
+        else:
+            backend = pool.pick(self.req_key)
         if backend is None:
             self._fail(503, "no backend available in pool %s" % pool.name)
             return
@@ -355,16 +365,35 @@ class ProxyConnection(DownstreamProtocol):
             self._request_body(data)
 
     # -------------------------------------------------------------- phase: forward
+    def _request_key(self, pool):
+        """The request's hash key (bytes) for ``pool``, or None when it has none."""
+        kind = pool.key_kind
+        if kind == KEY_IP:
+            return self.client_ip
+        if kind == KEY_HEADER:
+            return self.scanner.header_value(self.buf, pool.key_name)
+        if kind == KEY_COOKIE:
+            cookie = self.scanner.header_value(self.buf, b"cookie")
+            return cookie_value(cookie, pool.key_name) if cookie is not None else None
+        if kind == KEY_PATH:
+            return path_of(self.req_target).partition(b"?")[0]
+        if kind == KEY_QUERY:
+            return query_param(self.req_target, pool.key_name)
+        return None
+
     def _set_backend(self, backend):
         self.backend = backend
-        backend.in_flight += 1
-        backend.requests_total += 1
+        self.pool.started(backend)
 
     def _clear_backend(self):
         backend = self.backend
         if backend is not None:
             self.backend = None
-            backend.in_flight -= 1
+            pool = self.pool
+            if self.latency >= 0:
+                pool.finished(backend, self.latency, self.listener.loop.time())
+            else:
+                pool.finished(backend)
 
     def _connect(self, backend):
         conn = None if self.fresh_only else acquire(backend)
@@ -408,7 +437,7 @@ class ProxyConnection(DownstreamProtocol):
             if self.tried is None:
                 self.tried = set()
             self.tried.add(backend.index)
-            nxt = pool.pick_excluding(self.tried)
+            nxt = pool.pick_excluding(self.tried, self.req_key)
             if nxt is not None:
                 self._clear_backend()
                 self._set_backend(nxt)
@@ -421,6 +450,8 @@ class ProxyConnection(DownstreamProtocol):
         conn.peer = self
         transport = conn.transport
         transport.write(self.req_head)
+        if self.pool.measure_latency:
+            self.t_sent = self.listener.loop.time()
         self.sent_to_backend = True
         if self.pending is not None:
             transport.writelines(self.pending)
@@ -552,6 +583,8 @@ class ProxyConnection(DownstreamProtocol):
     def _response_head(self, n):
         rsc = self.rscanner
         status = rsc.status
+        if self.pool.measure_latency:  # peak-EWMA sample: request sent -> response head
+            self.latency = self.listener.loop.time() - self.t_sent
         if self.req_is_head or status == 204 or status == 304:
             mode = M_NONE
         elif rsc.chunked:

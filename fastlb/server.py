@@ -100,7 +100,9 @@ class Server:
     def __init__(self, config, loop=None):
         self.config = config
         self.loop = loop or asyncio.get_event_loop()
-        self.pools = {p.name: Pool(p) for p in config.pools}
+        # random/p2c/ewma draw from a per-process seed; `fastlb simulate` uses fixed seeds.
+        seed = int.from_bytes(os.urandom(8), "little")
+        self.pools = {p.name: Pool(p, seed) for p in config.pools}
         self.listeners = []
         self.admin = None
         self._tick_handle = None

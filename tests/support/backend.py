@@ -32,7 +32,8 @@ Records (read from any thread; every read returns a snapshot taken under a lock)
   ``srv.close_idle_connections()`` (FIN every keep-alive connection waiting for a request).
 
 Endpoints (path based; unknown paths behave like ``/``; every response carries
-``X-Backend: NAME``; ``HEAD`` gets the GET's head with no body):
+``X-Backend: NAME``; ``HEAD`` gets the GET's head with no body; ``srv.delay = S``
+makes every answer wait S seconds, a slow backend):
 
     /                      200 JSON {"backend","method","path","target","headers":{lower: value},
                            "conn","peer_port"}; ``?close=1`` adds Connection: close and closes
@@ -539,6 +540,8 @@ class _BackendProtocol(asyncio.Protocol):
 
         if not await self._body(ex):
             return True  # client vanished mid-body; the EOF/error item that follows decides
+        if self.server.delay > 0:  # a slow backend: every answer waits (tests of latency-aware balancing)
+            await asyncio.sleep(min(self.server.delay, MAX_DELAY))
 
         if path == "/echo":
             return await self._echo(ex, q)
@@ -732,6 +735,7 @@ class BackendServer:
         self.port = port
         self.raw_limit = raw_limit if record else 0
         self.record = record
+        self.delay = 0.0  # seconds every response waits after the request body; settable any time
         self._lock = threading.Lock()
         self._connections = []
         self._requests = []

@@ -141,3 +141,46 @@ def test_durations(text, seconds):
 @pytest.mark.parametrize("text, size", [("8KiB", 8192), ("64k", 65536), ("1MiB", 1 << 20), (100, 100), ("2KB", 2000)])
 def test_sizes(text, size):
     assert config.parse_size(text) == size
+
+
+def _pool_text(body):
+    return "listeners: [{bind: '127.0.0.1:0', pool: p}]\npools:\n  p:\n" + \
+        "".join("    %s\n" % line for line in body.strip().splitlines()) + "    backends: ['127.0.0.1:1', '127.0.0.1:2']\n"
+
+
+@pytest.mark.parametrize("algorithm", ["round_robin", "least_connections", "random", "p2c", "ewma", "ip_hash"])
+def test_every_keyless_algorithm_is_accepted(algorithm):
+    pool = config.load_text(_pool_text("algorithm: %s" % algorithm)).pool("p")
+    assert pool.algorithm == algorithm
+    assert pool.hash_key == (("ip", "") if algorithm == "ip_hash" else None)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("ip", ("ip", "")), ("path", ("path", "")), ("header:X-User", ("header", "x-user")),
+    ("cookie:session", ("cookie", "session")), ("query:user", ("query", "user")),
+])
+def test_hash_keys(text, key):
+    pool = config.load_text(_pool_text("algorithm: consistent_hash\nhash_key: '%s'\nhash_balance_factor: 1.25" % text)).pool("p")
+    assert pool.hash_key == key and pool.hash_balance_factor == 1.25
+
+
+def test_maglev_and_ewma_options():
+    pool = config.load_text(_pool_text("algorithm: maglev\nhash_key: path\nmaglev_table_size: 251")).pool("p")
+    assert pool.maglev_table_size == 251
+    pool = config.load_text(_pool_text("algorithm: ewma\newma_decay: 2s")).pool("p")
+    assert pool.ewma_decay == 2.0
+
+
+@pytest.mark.parametrize("body, path, fragment", [
+    ("algorithm: consistent_hash", "pools.p.hash_key", "needs a hash_key"),
+    ("algorithm: maglev\nhash_key: 'header:'", "pools.p.hash_key", "expected ip, path, header:NAME"),
+    ("algorithm: round_robin\nhash_key: ip", "pools.p.hash_key", "only consistent_hash and maglev"),
+    ("algorithm: consistent_hash\nhash_key: ip\nhash_balance_factor: 0.5", "pools.p.hash_balance_factor", ">= 1.0"),
+    ("algorithm: p2c\nhash_balance_factor: 1.5", "pools.p.hash_balance_factor", "applies to consistent_hash"),
+    ("algorithm: maglev\nhash_key: ip\nmaglev_table_size: 1000", "pools.p.maglev_table_size", "prime"),
+    ("algorithm: maglev\nhash_key: ip\nmaglev_table_size: 11", "pools.p.maglev_table_size", "at least 7 x"),
+    ("algorithm: round_robin\newma_decay: 1s", "pools.p.ewma_decay", "ewma algorithm only"),
+])
+def test_algorithm_option_errors(body, path, fragment):
+    got = problems(_pool_text(body))
+    assert any(p == path and fragment in m for p, m in got), got
