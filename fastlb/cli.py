@@ -1,4 +1,4 @@
-"""The ``fastlb`` command: run, check, demo, version.
+"""The ``fastlb`` command: run, check, explain, simulate, demo, version.
 
 Exit codes: 0 ok (and after a graceful drain), 1 runtime failure (e.g. a port
 already in use), 2 invalid configuration or command line.
@@ -34,6 +34,8 @@ def _parser():
                      help="quick mode: a backend (repeat for more)")
     run.add_argument("--algorithm", metavar="NAME", default=None,
                      help="quick mode: balancing algorithm (default round_robin)")
+    run.add_argument("--hash-key", metavar="KEY", default=None,
+                     help="quick mode: request key for consistent_hash/maglev: ip, path, header:NAME, cookie:NAME, query:NAME")
     run.add_argument("--admin", metavar="HOST:PORT", help="quick mode: admin API address")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -47,15 +49,31 @@ def _parser():
                       help="first demo backend port; the three use this and the next two (default 9001)")
     demo.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
+    exp = sub.add_parser("explain", help="which backend a request would get, and why (dry run)")
+    exp.add_argument("-c", "--config", metavar="FILE", required=True)
+    exp.add_argument("--pool", metavar="NAME", required=True)
+    exp.add_argument("--key", metavar="K", help="the request key itself (the value hash_key would extract)")
+    exp.add_argument("--ip", metavar="ADDR", help="client address (ip_hash, hash_key: ip)")
+    exp.add_argument("--header", metavar="'NAME: VALUE'", action="append", default=[],
+                     help="a request header (hash_key header:NAME or cookie:NAME); repeatable")
+    exp.add_argument("--path", metavar="TARGET", help="request path with query (hash_key path or query:NAME)")
+    exp.add_argument("--json", action="store_true", help="print the decision as JSON")
+
+    from .simulate import add_arguments as add_simulate_arguments
+
+    add_simulate_arguments(sub.add_parser("simulate", help="compare balancing algorithms on a simulated pool"))
+
     sub.add_parser("version", help="print the version and the core in use")
     return p
 
 
-def quick_config(listen, backends, algorithm=None, admin=None):
+def quick_config(listen, backends, algorithm=None, admin=None, hash_key=None):
     """The configuration document that ``run --listen/--backend`` flags describe."""
     pool = {"backends": []}
     if algorithm is not None:
         pool["algorithm"] = algorithm
+    if hash_key is not None:
+        pool["hash_key"] = hash_key
     problems = []
     for i, text in enumerate(backends):
         address, *params = text.split(",")
@@ -79,6 +97,7 @@ def quick_config(listen, backends, algorithm=None, admin=None):
 _FLAG_PATHS = (
     ("listeners[0].bind", "--listen"),
     ("pools.default.algorithm", "--algorithm"),
+    ("pools.default.hash_key", "--hash-key"),
     ("pools.default.backends", "--backend"),
     ("admin.bind", "--admin"),
 )
@@ -97,15 +116,78 @@ def _flag_problems(err):
 
 def _load(args):
     if args.config:
-        if args.listen or args.backend or args.admin or args.algorithm:
+        if args.listen or args.backend or args.admin or args.algorithm or args.hash_key:
             raise ConfigError(("", "give either -c FILE or the quick-mode flags (--listen/--backend/...), not both"))
         return configmod.load_file(args.config)
     if not args.listen or not args.backend:
         raise ConfigError(("", "fastlb run needs -c FILE, or --listen HOST:PORT and at least one --backend HOST:PORT"))
     try:
-        return configmod.from_dict(quick_config(args.listen, args.backend, args.algorithm, args.admin))
+        return configmod.from_dict(quick_config(args.listen, args.backend, args.algorithm, args.admin, args.hash_key))
     except ConfigError as err:
         raise _flag_problems(err) from None
+
+
+def explain_key(pool, args):
+    """The hash key a request described by the flags would carry, as the proxy extracts it."""
+    from . import http1
+    from .balancer import KEY_COOKIE, KEY_HEADER, KEY_IP, KEY_NONE, KEY_PATH, KEY_QUERY
+
+    kind = pool.key_kind
+    if kind == KEY_NONE:
+        return None
+    if args.key is not None:
+        return args.key.encode("latin-1")
+    name = pool.key_name.decode()
+    headers = {}
+    for h in args.header:
+        k, sep, v = h.partition(":")
+        if not sep:
+            raise ConfigError(("--header %s" % h, "expected 'NAME: VALUE'"))
+        headers.setdefault(k.strip().lower(), v.strip())
+    if kind == KEY_IP:
+        return args.ip.encode("ascii") if args.ip else None
+    if kind == KEY_HEADER:
+        v = headers.get(name)
+        return v.encode("latin-1") if v is not None else None
+    if kind == KEY_COOKIE:
+        v = headers.get("cookie")
+        return http1.cookie_value(v.encode("latin-1"), name.encode()) if v is not None else None
+    target = (args.path or "").encode("latin-1")
+    if kind == KEY_PATH:
+        return http1.path_of(target).partition(b"?")[0] if target else None
+    if kind == KEY_QUERY:
+        return http1.query_param(target, name.encode()) if target else None
+    return None
+
+
+def explain_main(args):
+    import json
+
+    from .balancer import Pool
+
+    try:
+        cfg = configmod.load_file(args.config)
+        try:
+            spec = cfg.pool(args.pool)
+        except KeyError:
+            raise ConfigError(("--pool", "no pool named %r (pools: %s)" % (
+                args.pool, ", ".join(p.name for p in cfg.pools)))) from None
+        pool = Pool(spec, seed=0)
+        key = explain_key(pool, args)
+    except ConfigError as err:
+        _report(err, args.config)
+        return 2
+    decision = pool.explain(key, 0.0)
+    if args.json:
+        print(json.dumps(decision, indent=2, sort_keys=True))
+        return 0
+    hk = spec.hash_key
+    print("pool %s: %s%s" % (pool.name, pool.algorithm, " (hash_key %s)" % ":".join(x for x in hk if x) if hk else ""))
+    print("-> %s" % (decision["backend"] or "no usable backend (503)"))
+    for k in sorted(decision):
+        if k not in ("backend", "pool", "algorithm"):
+            print("   %s: %s" % (k, json.dumps(decision[k])))
+    return 0
 
 
 def _setup_logging(level):
@@ -136,6 +218,12 @@ def main(argv=None):
         print("%s: OK (%d listener(s), %d pool(s), %d backend(s))" % (
             args.config, len(cfg.listeners), len(cfg.pools), sum(len(p.backends) for p in cfg.pools)))
         return 0
+    if args.command == "explain":
+        return explain_main(args)
+    if args.command == "simulate":
+        from .simulate import run_command as simulate_main
+
+        return simulate_main(args)
     _setup_logging(args.log_level)
     if args.command == "demo":
         from .demo import run_demo

@@ -180,3 +180,56 @@ def test_demo_serves_and_stops_on_ctrl_c():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+EXPLAIN_YAML = """
+listeners: [{bind: '127.0.0.1:8080', pool: api}]
+pools:
+  api:
+    algorithm: consistent_hash
+    hash_key: header:X-User-ID
+    backends: ['10.0.0.11:9000', '10.0.0.12:9000', {address: '10.0.0.13:9000', weight: 2}]
+  sticky:
+    algorithm: ip_hash
+    backends: ['10.0.0.11:9000', '10.0.0.12:9000']
+"""
+
+
+def test_explain_matches_the_kernel_and_names_the_key(tmp_path):
+    from fastlb._core import KetamaRing, key_hash
+
+    cfg = tmp_path / "lb.yaml"
+    cfg.write_text(EXPLAIN_YAML)
+    names = [b"10.0.0.11:9000", b"10.0.0.12:9000", b"10.0.0.13:9000"]
+    ring = KetamaRing(names, [1, 1, 2])
+    for user in ("alice", "bob", "carol"):
+        expected = names[ring.pick(None, None, key_hash(user.encode()))].decode()
+        by_header = fastlb_cmd("explain", "-c", str(cfg), "--pool", "api", "--header", "X-User-ID: " + user)
+        by_key = fastlb_cmd("explain", "-c", str(cfg), "--pool", "api", "--key", user, "--json")
+        assert by_header.returncode == 0 and by_key.returncode == 0, by_header.stderr + by_key.stderr
+        assert "-> %s" % expected in by_header.stdout
+        decision = json.loads(by_key.stdout)
+        assert decision["backend"] == expected and decision["key"] == user
+        assert decision["key_hash"] == key_hash(user.encode())
+    out = fastlb_cmd("explain", "-c", str(cfg), "--pool", "api")
+    assert "round robin fallback" in out.stdout
+    out = fastlb_cmd("explain", "-c", str(cfg), "--pool", "sticky", "--ip", "203.0.113.7", "--json")
+    assert json.loads(out.stdout)["key"] == "203.0.113.7"
+    out = fastlb_cmd("explain", "-c", str(cfg), "--pool", "nope")
+    assert out.returncode == 2 and "no pool named 'nope'" in out.stderr
+
+
+def test_quick_mode_hash_key(tmp_path):
+    with BackendServer(name="h1") as b1, BackendServer(name="h2") as b2:
+        proc = FastlbProcess(tmp_path, args=[
+            "run", "--listen", "127.0.0.1:0", "--backend", b1.address, "--backend", b2.address,
+            "--algorithm", "maglev", "--hash-key", "query:u"]).start()
+        try:
+            with httpx.Client() as c:
+                got = {u: {c.get(proc.url("/?u=%s" % u)).headers["x-backend"] for _ in range(3)} for u in "abcdefgh"}
+            assert all(len(v) == 1 for v in got.values())
+            assert proc.terminate() == 0
+        finally:
+            proc.kill()
+    out = fastlb_cmd("run", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9001", "--algorithm", "maglev")
+    assert out.returncode == 2 and "--hash-key: maglev needs a hash_key" in out.stderr
