@@ -294,10 +294,9 @@ def test_503_when_no_backend_is_usable(fastlb, backends):
 
 def test_504_when_backend_is_too_slow(fastlb, backends):
     proc = fastlb(pool_doc(backends[:1], timeouts={"response": "1s"}))
-    t0 = time.monotonic()
+    # the backend would answer 200 after 5 s: a 504 can only come from the 1 s timeout
     body = _json_error(httpx.get(proc.url("/slow?delay=5"), timeout=10), 504)
-    assert "did not respond" in body["error"]
-    assert time.monotonic() - t0 < 4.5
+    assert "did not respond within 1s" in body["error"]
     assert httpx.get(proc.url("/")).status_code == 200
 
 
@@ -335,13 +334,12 @@ def test_malformed_request_gets_400_and_nothing_forwarded(one, backends):
 def test_slowloris_gets_408(fastlb, backends):
     proc = fastlb(pool_doc(backends[:1], timeouts={"client_header": "1s"}))
     s = raw(proc, b"GET / HTTP/1.1\r\nHost: h\r\n")
-    t0 = time.monotonic()
     for _ in range(3):  # trickling bytes does not extend the deadline
         time.sleep(0.3)
         s.sendall(b"X-A: b\r\n")
-    data = recv_until_closed(s, timeout=5)
+    data = recv_until_closed(s, timeout=10)
     assert data.startswith(b"HTTP/1.1 408 ")
-    assert time.monotonic() - t0 < 4
+    assert b"request head not received within 1s" in data
     assert backends[0].request_count == 0
 
 
@@ -376,14 +374,12 @@ def test_sigterm_drains_in_flight_requests(fastlb, backends):
     for t in threads:
         t.start()
     assert backends[0].wait_until(lambda b: b.request_count >= 3, timeout=5)
-    t0 = time.monotonic()
     code = proc.terminate(timeout=15)
     for t in threads:
         t.join(10)
     assert code == 0
     assert [r.status_code for r in results] == [200, 200, 200]
     assert all(r.headers.get("connection") == "close" for r in results)
-    assert time.monotonic() - t0 < 10
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proc.port), timeout=2)
 
