@@ -9,6 +9,7 @@ Endpoints (docs/operations.md):
          (also ?ip=ADDR for ip_hash / hash_key ip; without key: the round-robin fallback)
     POST /api/v1/pools/{pool}/backends/{address}/disable   take a backend out of rotation
     POST /api/v1/pools/{pool}/backends/{address}/enable    put it back
+    POST /api/v1/pools/{pool}/backends/{address}/weight    body {"weight": N}: change its weight (1-1000)
 
 Bind it to loopback or a management network: it has no authentication yet.
 """
@@ -120,6 +121,21 @@ class AdminServer:
                 params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
                 key = params.get("key", params.get("ip"))
                 return 200, pool.explain(key.encode("latin-1") if key is not None else None, self.server.loop.time())
+            if len(rest) == 5 and rest[2] == "backends" and rest[4] == "weight":
+                if method != "POST":
+                    return 405, {"error": "use POST"}
+                backend = pool.backend(rest[3])
+                if backend is None:
+                    return 404, {"error": "pool %s has no backend %s" % (pool.name, rest[3])}
+                try:
+                    weight = json.loads(body or b"null")["weight"]
+                    if isinstance(weight, bool) or not isinstance(weight, int):
+                        raise TypeError
+                    pool.set_weight(backend, weight)
+                except (ValueError, KeyError, TypeError):
+                    return 400, {"error": 'expected a JSON body {"weight": N} with N an integer from 1 to 1000'}
+                log.info("admin: weight %s/%s = %d", pool.name, backend.address, weight)
+                return 200, pool.backend_dict(backend, self.server.loop.time())
             if len(rest) == 5 and rest[2] == "backends" and rest[4] in ("enable", "disable"):
                 if method != "POST":
                     return 405, {"error": "use POST"}

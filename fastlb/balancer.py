@@ -81,7 +81,7 @@ class Backend:
 class Pool:
     __slots__ = (
         "name", "algorithm", "retries", "backends", "selector", "fallback", "load", "usable",
-        "host_header", "key_kind", "key_name", "measure_latency", "_by_address",
+        "host_header", "key_kind", "key_name", "measure_latency", "_by_address", "_spec", "_seed",
     )
 
     def __init__(self, spec, seed=0):
@@ -96,15 +96,23 @@ class Pool:
         self.host_header = self.backends[0].address.encode("ascii")
         self.usable = bytearray(b"\x01" * len(self.backends))
         self.load = LoadState(len(self.backends), spec.ewma_decay)
-        names = [b.address.encode("ascii") for b in self.backends]
-        weights = [b.weight for b in self.backends]
-        self.selector = build_selector(spec, names, weights, seed)
         kind, name = spec.hash_key or (None, "")
         self.key_kind = _KEY_KINDS.get(kind, KEY_NONE)
         self.key_name = name.encode("ascii")
-        # Requests without their key are balanced by round robin over the same backends.
-        self.fallback = RoundRobin(weights) if self.key_kind != KEY_NONE else None
         self.measure_latency = spec.algorithm == "ewma"
+        self._spec = spec
+        self._seed = seed
+        self._build()
+
+    def _build(self):
+        """Build the selector (and the keyless fallback) from the current weights and swap
+        them in whole; the LoadState is kept, so in-flight counts and latencies survive."""
+        names = [b.address.encode("ascii") for b in self.backends]
+        weights = [b.weight for b in self.backends]
+        selector = build_selector(self._spec, names, weights, self._seed)
+        # Requests without their key are balanced by round robin over the same backends.
+        fallback = RoundRobin(weights) if self.key_kind != KEY_NONE else None
+        self.selector, self.fallback = selector, fallback
 
     # -- selection ------------------------------------------------------------------
     def pick(self, key=None, now=0.0):
@@ -162,6 +170,13 @@ class Pool:
     # -- admin ----------------------------------------------------------------------------
     def backend(self, address):
         return self._by_address.get(address)
+
+    def set_weight(self, backend, weight):
+        """Change a backend's weight at run time: the selector is rebuilt and swapped."""
+        if not 1 <= weight <= 1000:
+            raise ValueError("weight must be between 1 and 1000")
+        backend.weight = weight
+        self._build()
 
     def set_state(self, backend, state):
         backend.state = state

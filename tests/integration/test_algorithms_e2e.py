@@ -174,3 +174,16 @@ def test_bounded_loads_spill_a_hot_key(fastlb, backends):
     # with factor 1.25 no backend holds more than ceil(1.25 * 6 / 3) = 3 of them
     assert len(owners) == 6
     assert max(Counter(owners).values()) <= 3, owners
+
+
+def test_admin_weight_change_applies_at_once(fastlb, backends):
+    proc = run_lb(fastlb, backends, "round_robin", admin=True)
+    admin = "http://127.0.0.1:%d/api/v1/pools/p/backends/%s/weight" % (proc.admin_port, backends[0].address)
+    assert spread(proc, 30) == {"b1": 10, "b2": 10, "b3": 10}
+    r = httpx.post(admin, json={"weight": 3})
+    assert r.status_code == 200 and r.json()["weight"] == 3
+    assert spread(proc, 50) == {"b1": 30, "b2": 10, "b3": 10}
+    for bad in ({"weight": 0}, {"weight": "3"}, {}):
+        r = httpx.post(admin, json=bad)
+        assert r.status_code == 400 and "weight" in r.json()["error"]
+    assert httpx.get(admin).status_code == 405
