@@ -11,6 +11,7 @@ import re
 
 import yaml
 
+from ._core import is_prime
 from .errors import ConfigError
 from .model import (
     ALGORITHMS,
@@ -120,17 +121,6 @@ def parse_hash_key(value):
     if kind in ("header", "cookie", "query") and name and all(33 <= ord(c) < 127 for c in name):
         return (kind, name.lower() if kind == "header" else name)
     raise ValueError("expected ip, path, header:NAME, cookie:NAME or query:NAME, got %r" % (value,))
-
-
-def _is_prime(n):
-    if n < 2:
-        return False
-    i = 2
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 1
-    return True
 
 
 class _Ctx:
@@ -281,7 +271,7 @@ def _pools(ctx, value):
         table = 65537
         if "maglev_table_size" in body:
             table = ctx.integer(body["maglev_table_size"], path + ".maglev_table_size", 7, 10000019)
-            if table is not None and not _is_prime(table):
+            if table is not None and not is_prime(table):
                 ctx.err(path + ".maglev_table_size", "must be a prime number (e.g. 65537, 655373), got %d" % table)
             if caps and algorithm != "maglev":
                 ctx.err(path + ".maglev_table_size", "applies to the maglev algorithm only")

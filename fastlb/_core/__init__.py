@@ -41,7 +41,7 @@ else:
         from .selectors import (
             P2C, LeastConnections, LoadState, PeakEWMA, RoundRobin, SmoothWRR, WeightedRandom,
         )
-        from .hashing import KetamaRing, Maglev, key_hash, md5
+        from .hashing import KetamaRing, Maglev, is_prime, key_hash, md5
 
         IMPLEMENTATION = "cython"
     except ImportError as exc:  # not built (source checkout, pure wheel)
@@ -57,7 +57,7 @@ if IMPLEMENTATION == "python":
     from .selectors_py import (
         P2C, LeastConnections, LoadState, PeakEWMA, RoundRobin, SmoothWRR, WeightedRandom,
     )
-    from .hashing_py import KetamaRing, Maglev, key_hash, md5
+    from .hashing_py import KetamaRing, Maglev, is_prime, key_hash, md5
 
 __all__ = [
     "IMPLEMENTATION",
@@ -78,4 +78,5 @@ __all__ = [
     "Maglev",
     "key_hash",
     "md5",
+    "is_prime",
 ]
