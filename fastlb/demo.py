@@ -94,12 +94,20 @@ def run_demo(port=8080, admin_port=8081, backend_port=9001):
 
     cfg = demo_config(port, admin_port, backend_port)
     backends = []
+    failed = []
 
     def ready(server):
         async def start_backends():
             for i in range(3):
                 b = DemoBackend("demo-%d" % (i + 1))
-                await b.start("127.0.0.1", backend_port + i)
+                try:
+                    await b.start("127.0.0.1", backend_port + i)
+                except OSError as exc:
+                    print("fastlb demo: cannot start demo backend on 127.0.0.1:%d: %s (use --backend-port)"
+                          % (backend_port + i, exc.strerror or exc), flush=True)
+                    failed.append(exc)
+                    server.begin_drain("demo backends failed")
+                    return
                 backends.append(b)
             print("demo backends: %s (weights 2, 1, 1)" % ", ".join(
                 "demo-%d on 127.0.0.1:%d" % (i + 1, backend_port + i) for i in range(3)), flush=True)
@@ -113,7 +121,8 @@ def run_demo(port=8080, admin_port=8081, backend_port=9001):
         server.loop.create_task(start_backends())
 
     try:
-        return run(cfg, ready=ready)
+        code = run(cfg, ready=ready)
+        return 1 if failed else code
     except OSError as exc:
         print("fastlb demo: cannot start: %s (use --port/--admin-port/--backend-port)" % exc)
         return 1

@@ -233,3 +233,22 @@ def test_quick_mode_hash_key(tmp_path):
             proc.kill()
     out = fastlb_cmd("run", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9001", "--algorithm", "maglev")
     assert out.returncode == 2 and "--hash-key: maglev needs a hash_key" in out.stderr
+
+
+def test_demo_backend_port_in_use_is_a_clear_error():
+    import socket
+
+    port, admin = free_port(), free_port()
+    bports = consecutive_free_ports(3)
+    s = socket.socket()
+    s.bind(("127.0.0.1", bports[1]))
+    s.listen()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "fastlb", "demo", "--port", str(port), "--admin-port", str(admin),
+             "--backend-port", str(bports[0])], capture_output=True, text=True, timeout=60)
+    finally:
+        s.close()
+    assert out.returncode == 1
+    assert "cannot start demo backend on 127.0.0.1:%d" % bports[1] in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
