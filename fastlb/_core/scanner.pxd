@@ -63,19 +63,16 @@ cdef struct Head:
     Py_ssize_t r1
 
 
-@cython.final
-cdef class RequestScanner:
+# What request and response scanning share: the Head, the limits, resumable scan(),
+# headers(), header_value() and the framing facts common to both. Subclasses fill in
+# their own facts in _facts(), called once per complete head.
+cdef class _HeadScanner:
     cdef Head h
-    cdef readonly bytes method
-    cdef readonly bytes target
     cdef readonly int http_minor
-    cdef readonly bytes host
     cdef readonly long long content_length
     cdef readonly bint chunked
     cdef readonly bint keep_alive
     cdef readonly bint upgrade
-    cdef readonly bint expect_continue
-    cdef readonly object request_id
     cdef readonly Py_ssize_t header_count
 
     cdef Py_ssize_t _scan(self, const unsigned char *p, Py_ssize_t end) except -1
@@ -83,17 +80,17 @@ cdef class RequestScanner:
 
 
 @cython.final
-cdef class ResponseScanner:
-    cdef Head h
-    cdef readonly int status
-    cdef readonly int http_minor
-    cdef readonly long long content_length
-    cdef readonly bint chunked
-    cdef readonly bint keep_alive
-    cdef readonly bint upgrade
-    cdef readonly Py_ssize_t header_count
+cdef class RequestScanner(_HeadScanner):
+    cdef readonly bytes method
+    cdef readonly bytes target
+    cdef readonly bytes host
+    cdef readonly bint expect_continue
+    cdef readonly object request_id
 
-    cdef Py_ssize_t _scan(self, const unsigned char *p, Py_ssize_t end) except -1
+
+@cython.final
+cdef class ResponseScanner(_HeadScanner):
+    cdef readonly int status
 
 
 @cython.final

@@ -933,19 +933,8 @@ cdef inline bytes _same_or_new(bytes previous, const unsigned char *s, Py_ssize_
     return PyBytes_FromStringAndSize(<const char *>s, n)
 
 
-@cython.final
-cdef class RequestScanner:
-    """Scanner for request heads (RFC 9112 §3); errors carry the status to answer."""
-
-    def __cinit__(self, Py_ssize_t max_line=8192, Py_ssize_t max_head=65536, Py_ssize_t max_fields=100):
-        self.h.fields = NULL
-        _new_head(max_line, max_head, max_fields, True, &self.h)
-        self.method = _EMPTY
-        self.target = _EMPTY
-        self.host = _EMPTY
-        self.http_minor = 1
-        self.content_length = -1
-        self.request_id = None
+cdef class _HeadScanner:
+    """Shared by RequestScanner and ResponseScanner (see scanner.pxd)."""
 
     def __dealloc__(self):
         PyMem_Free(self.h.fields)
@@ -991,28 +980,15 @@ cdef class RequestScanner:
             _reset(h)
             raise
         if n:
+            self.http_minor = h.minor
+            self.content_length = h.cl
+            self.chunked = h.te_seen
+            self.keep_alive = _keep_alive(h)
+            self.header_count = h.nfields
             self._facts(p)
         return n
 
     cdef int _facts(self, const unsigned char *p) except -1:
-        cdef Head *h = &self.h
-        cdef int minor = h.minor
-        self.method = _method_bytes(p + h.m0, h.m1 - h.m0)
-        self.target = PyBytes_FromStringAndSize(<const char *>p + h.t0, h.t1 - h.t0)
-        self.host = _same_or_new(self.host, p + h.h0, h.h1 - h.h0)
-        self.http_minor = minor
-        self.content_length = h.cl
-        self.chunked = h.te_seen
-        self.keep_alive = _keep_alive(h)
-        # RFC 9110 §7.8: Upgrade is ignored in HTTP/1.0, and needs the "upgrade" option.
-        self.upgrade = minor == 1 and h.conn_upgrade and h.upgrade_field
-        # RFC 9110 §10.1.1: 100-continue in an HTTP/1.0 request MUST be ignored.
-        self.expect_continue = minor == 1 and h.expect_continue
-        if h.rid0 < 0:
-            self.request_id = None
-        else:
-            self.request_id = PyBytes_FromStringAndSize(<const char *>p + h.rid0, h.rid1 - h.rid0)
-        self.header_count = h.nfields
         return 0
 
     def headers(self, buf):
@@ -1022,6 +998,37 @@ cdef class RequestScanner:
     def header_value(self, buf, name):
         """Value of the first field called ``name`` (any case), OWS-trimmed, or None."""
         return _header_value(&self.h, buf, name)
+
+
+@cython.final
+cdef class RequestScanner(_HeadScanner):
+    """Scanner for request heads (RFC 9112 §3); errors carry the status to answer."""
+
+    def __cinit__(self, Py_ssize_t max_line=8192, Py_ssize_t max_head=65536, Py_ssize_t max_fields=100):
+        self.h.fields = NULL
+        _new_head(max_line, max_head, max_fields, True, &self.h)
+        self.method = _EMPTY
+        self.target = _EMPTY
+        self.host = _EMPTY
+        self.http_minor = 1
+        self.content_length = -1
+        self.request_id = None
+
+    cdef int _facts(self, const unsigned char *p) except -1:
+        cdef Head *h = &self.h
+        cdef int minor = h.minor
+        self.method = _method_bytes(p + h.m0, h.m1 - h.m0)
+        self.target = PyBytes_FromStringAndSize(<const char *>p + h.t0, h.t1 - h.t0)
+        self.host = _same_or_new(self.host, p + h.h0, h.h1 - h.h0)
+        # RFC 9110 §7.8: Upgrade is ignored in HTTP/1.0, and needs the "upgrade" option.
+        self.upgrade = minor == 1 and h.conn_upgrade and h.upgrade_field
+        # RFC 9110 §10.1.1: 100-continue in an HTTP/1.0 request MUST be ignored.
+        self.expect_continue = minor == 1 and h.expect_continue
+        if h.rid0 < 0:
+            self.request_id = None
+        else:
+            self.request_id = PyBytes_FromStringAndSize(<const char *>p + h.rid0, h.rid1 - h.rid0)
+        return 0
 
     def build_upstream_head(self, buf, client_ip, extra, bint keep_upgrade):
         """The head to send upstream: hop-by-hop removed, X-Forwarded-For merged."""
@@ -1089,7 +1096,7 @@ cdef class RequestScanner:
 
 
 @cython.final
-cdef class ResponseScanner:
+cdef class ResponseScanner(_HeadScanner):
     """Scanner for response heads (RFC 9112 §4); every error is 502 for the client."""
 
     def __cinit__(self, Py_ssize_t max_line=8192, Py_ssize_t max_head=65536, Py_ssize_t max_fields=100):
@@ -1098,66 +1105,10 @@ cdef class ResponseScanner:
         self.http_minor = 1
         self.content_length = -1
 
-    def __dealloc__(self):
-        PyMem_Free(self.h.fields)
-        self.h.fields = NULL
-
-    @property
-    def max_line(self):
-        return self.h.max_line
-
-    @property
-    def max_head(self):
-        return self.h.max_head
-
-    @property
-    def max_fields(self):
-        return self.h.max_fields
-
-    def reset(self):
-        """Forget any partially scanned head."""
-        _reset(&self.h)
-
-    def scan(self, buf):
-        """Look for a complete head at buf[0:]; 0 = need more bytes, n = head length."""
-        cdef Py_buffer view
-        cdef const unsigned char *p = NULL
-        cdef Py_ssize_t size = 0
-        if _get_buffer(buf, &view, &p, &size) == 0:
-            return self._scan(p, size)
-        try:
-            return self._scan(p, size)
-        finally:
-            PyBuffer_Release(&view)
-
-    cdef Py_ssize_t _scan(self, const unsigned char *p, Py_ssize_t end) except -1:
-        cdef Head *h = &self.h
-        cdef Py_ssize_t n
-        h.complete = False
-        if end < h.search:
-            _reset(h)
-        try:
-            n = _scan_head(h, p, end)
-        except ScanError:
-            _reset(h)
-            raise
-        if n:
-            self.status = h.status
-            self.http_minor = h.minor
-            self.content_length = h.cl
-            self.chunked = h.te_seen
-            self.keep_alive = _keep_alive(h)
-            self.upgrade = h.upgrade_field
-            self.header_count = h.nfields
-        return n
-
-    def headers(self, buf):
-        """[(name as sent, value OWS-trimmed)] of the last scanned head."""
-        return _headers(&self.h, buf)
-
-    def header_value(self, buf, name):
-        """Value of the first field called ``name`` (any case), OWS-trimmed, or None."""
-        return _header_value(&self.h, buf, name)
+    cdef int _facts(self, const unsigned char *p) except -1:
+        self.status = self.h.status
+        self.upgrade = self.h.upgrade_field
+        return 0
 
     def build_downstream_head(self, buf, extra, bint keep_upgrade):
         """The head to send to the client: hop-by-hop removed, X-Forwarded-* untouched."""
