@@ -394,3 +394,29 @@ def test_http10_absolute_form_without_host_routes_by_target(fastlb, backends):
     assert data.startswith(b"HTTP/1.1 200")
     rec = backends[0].requests[-1]
     assert rec.header("host") == b"api.example.com"
+
+
+def test_504_when_connect_times_out(fastlb):
+    # A listener that never accepts, its backlog full: further SYNs are dropped, so a
+    # connect hangs exactly as to a blackholed host (on loopback only).
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(0)
+    port = ls.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        f = socket.socket()
+        f.setblocking(False)
+        try:
+            f.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(f)
+    try:
+        proc = fastlb(pool_doc([], extra_backends=["127.0.0.1:%d" % port], retries=0, timeouts={"connect": "1s"}))
+        body = _json_error(httpx.get(proc.url("/"), timeout=15), 504)
+        assert "timed out after 1s" in body["error"]
+    finally:
+        for f in fillers:
+            f.close()
+        ls.close()
