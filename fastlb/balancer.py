@@ -118,13 +118,7 @@ class Pool:
     def pick(self, key=None, now=0.0):
         """The backend for a request (``key``: its hash key bytes, if the pool uses one),
         or None when no backend is usable (-> 503)."""
-        if self.fallback is None:
-            i = self.selector.pick(self.usable, self.load, 0, now)
-        elif key is None:
-            i = self.fallback.pick(self.usable, self.load, 0, now)
-        else:
-            i = self.selector.pick(self.usable, self.load, key_hash(key), now)
-        return self.backends[i] if i >= 0 else None
+        return self._pick(self.usable, key, now)
 
     def pick_excluding(self, tried, key=None, now=0.0):
         """Pick among usable backends not in ``tried`` (a set of indexes), for retries:
@@ -132,6 +126,9 @@ class Pool:
         usable = bytearray(self.usable)
         for i in tried:
             usable[i] = 0
+        return self._pick(usable, key, now)
+
+    def _pick(self, usable, key, now):
         if self.fallback is None:
             i = self.selector.pick(usable, self.load, 0, now)
         elif key is None:

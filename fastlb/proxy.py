@@ -88,7 +88,7 @@ class ProxyConnection(DownstreamProtocol):
         "pool", "backend", "upstream", "connect_task", "tried", "attempts",
         "req_head", "req_method", "req_target", "req_minor", "req_keep_alive", "req_is_head",
         "req_upgrade", "req_idempotent", "req_has_body", "req_remaining", "req_decoder", "req_done",
-        "request_id", "pending", "pending_bytes", "sent_to_backend", "fresh_only", "req_key",
+        "request_id", "pending", "pending_bytes", "fresh_only", "req_key",
         "t_sent", "latency",
         # response
         "r_mode", "r_remaining", "r_decoder", "rechunk", "close_after", "up_reusable",
@@ -136,7 +136,6 @@ class ProxyConnection(DownstreamProtocol):
         self.request_id = b""
         self.pending = None
         self.pending_bytes = 0
-        self.sent_to_backend = False
         self.fresh_only = False
         self.req_key = None
         self.t_sent = 0.0
@@ -452,7 +451,6 @@ class ProxyConnection(DownstreamProtocol):
         transport.write(self.req_head)
         if self.pool.measure_latency:
             self.t_sent = self.listener.loop.time()
-        self.sent_to_backend = True
         if self.pending is not None:
             transport.writelines(self.pending)
             self.pending = None
