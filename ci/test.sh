@@ -13,7 +13,8 @@ if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# The plot extra too, so fastlb simulate --plot is tested rather than skipped.
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test,plot]'
 # The compiled core must be the one under test (tests/unit/test_core_loaded.py checks it too).
 export FASTLB_REQUIRE_EXTENSIONS="${FASTLB_REQUIRE_EXTENSIONS:-1}"
 python3 -m pytest -p no:cacheprovider "$@"
