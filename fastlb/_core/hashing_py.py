@@ -105,9 +105,24 @@ def _check_key(key):
 
 
 class _Walker:
-    """The shared walk over a sequence of backend indexes (ring order or table order)."""
+    """The shared walk over a sequence of backend indexes (ring order or table order),
+    and the accessors both hash selectors have."""
 
     __slots__ = ()
+
+    @property
+    def size(self):
+        return self._n
+
+    @property
+    def balance_factor(self):
+        return self._factor
+
+    def names(self):
+        return [n.decode("utf-8", "replace") for n in self._names]
+
+    def weights(self):
+        return list(self._weights)
 
     def _prepare(self, usable, load):
         n = self._n
@@ -220,20 +235,6 @@ class KetamaRing(_Walker):
         self._seq = list(seq)
         return self
 
-    @property
-    def size(self):
-        return self._n
-
-    @property
-    def balance_factor(self):
-        return self._factor
-
-    def names(self):
-        return [n.decode("utf-8", "replace") for n in self._names]
-
-    def weights(self):
-        return list(self._weights)
-
     def points(self):
         """The sorted ring as a list of (point, backend index)."""
         return list(zip(self._points, self._seq))
@@ -344,22 +345,8 @@ class Maglev(_Walker):
         return self
 
     @property
-    def size(self):
-        return self._n
-
-    @property
     def table_size(self):
         return self._m
-
-    @property
-    def balance_factor(self):
-        return self._factor
-
-    def names(self):
-        return [n.decode("utf-8", "replace") for n in self._names]
-
-    def weights(self):
-        return list(self._weights)
 
     def table(self):
         """The lookup table: entry -> backend index."""
