@@ -566,6 +566,35 @@ cdef inline int _request_version(Head *h, const unsigned char *p, Py_ssize_t a, 
     return 0
 
 
+cdef int _valid_host(const unsigned char *p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # RFC 9110 §7.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in brackets
+    # or a non-empty reg-name (RFC 3986 §3.2.2; http URIs have a host, RFC 9110 §4.2.1).
+    cdef Py_ssize_t i = a, j
+    if p[i] == b'[':
+        i += 1
+        j = i
+        while i < b and ((CLS[p[i]] & C_HOST) or p[i] == b':'):
+            i += 1
+        if i == j or i >= b or p[i] != b']':
+            return False
+        i += 1
+    else:
+        j = i
+        while i < b and (CLS[p[i]] & C_HOST):
+            i += 1
+        if i == j:
+            return False
+    if i < b:
+        if p[i] != b':':
+            return False
+        i += 1
+        while i < b and (CLS[p[i]] & C_DIGIT):
+            i += 1
+        if i != b:
+            return False
+    return True
+
+
 cdef inline int _target_form(Head *h, const unsigned char *p) except -1:
     # RFC 9112 §3.2: origin-form / absolute-form / authority-form / asterisk-form
     cdef Py_ssize_t mlen = h.m1 - h.m0, t0 = h.t0, t1 = h.t1, i, a0, a1, at
@@ -598,49 +627,19 @@ cdef inline int _target_form(Head *h, const unsigned char *p) except -1:
     while at < a1 and p[at] != b'@':
         at += 1
     if at < a1:
-        # userinfo is not part of the authority Host must match (RFC 9112 §3.2); more
-        # than one "@" leaves the authority ambiguous
-        i = at + 1
-        while i < a1:
-            if p[i] == b'@':
-                _fail(h, 400, "ambiguous authority in request-target")
-            i += 1
-        a0 = at + 1
+        # RFC 9110 §4.2.4: userinfo is deprecated and "likely being used to obscure the
+        # authority"; a recipient SHOULD treat it as an error. Routing by it would let
+        # "http://a.example:x@b.internal/" reach a pool by a name Host could never carry.
+        _fail(h, 400, "userinfo in request-target authority")
     if a0 == a1:
         _fail(h, 400, "empty authority in request-target")
+    if not _valid_host(p, a0, a1):
+        # the authority stands in for Host (RFC 9112 §3.2.2): the same grammar applies
+        _fail(h, 400, "invalid authority in request-target")
     h.absolute_form = True
     h.a0 = a0
     h.a1 = a1
     return 0
-
-
-cdef int _valid_host(const unsigned char *p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    # RFC 9110 §7.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal in brackets
-    # or a non-empty reg-name (RFC 3986 §3.2.2; http URIs have a host, RFC 9110 §4.2.1).
-    cdef Py_ssize_t i = a, j
-    if p[i] == b'[':
-        i += 1
-        j = i
-        while i < b and ((CLS[p[i]] & C_HOST) or p[i] == b':'):
-            i += 1
-        if i == j or i >= b or p[i] != b']':
-            return False
-        i += 1
-    else:
-        j = i
-        while i < b and (CLS[p[i]] & C_HOST):
-            i += 1
-        if i == j:
-            return False
-    if i < b:
-        if p[i] != b':':
-            return False
-        i += 1
-        while i < b and (CLS[p[i]] & C_DIGIT):
-            i += 1
-        if i != b:
-            return False
-    return True
 
 
 cdef int _request_field(Head *h, const unsigned char *p, int kind, Py_ssize_t a, Py_ssize_t b) except -1:
@@ -1019,7 +1018,12 @@ cdef class RequestScanner(_HeadScanner):
         cdef int minor = h.minor
         self.method = _method_bytes(p + h.m0, h.m1 - h.m0)
         self.target = PyBytes_FromStringAndSize(<const char *>p + h.t0, h.t1 - h.t0)
-        self.host = _same_or_new(self.host, p + h.h0, h.h1 - h.h0)
+        if h.hosts == 0 and h.absolute_form:
+            # HTTP/1.0 absolute-form without Host: the target's authority names the host
+            # (RFC 9112 §3.2.2), validated by _target_form with Host's grammar.
+            self.host = PyBytes_FromStringAndSize(<const char *>p + h.a0, h.a1 - h.a0)
+        else:
+            self.host = _same_or_new(self.host, p + h.h0, h.h1 - h.h0)
         # RFC 9110 §7.8: Upgrade is ignored in HTTP/1.0, and needs the "upgrade" option.
         self.upgrade = minor == 1 and h.conn_upgrade and h.upgrade_field
         # RFC 9110 §10.1.1: 100-continue in an HTTP/1.0 request MUST be ignored.

@@ -563,15 +563,15 @@ class RequestScanner(_HeadScanner):
         a1 = a0
         while a1 < t1 and buf[a1] not in b"/?#":
             a1 += 1
-        at = buf.find(b"@", a0, a1)
-        if at >= 0:
-            # userinfo is not part of the authority Host must match (RFC 9112 §3.2);
-            # more than one "@" leaves the authority ambiguous
-            if buf.find(b"@", at + 1, a1) >= 0:
-                self._fail("ambiguous authority in request-target")
-            a0 = at + 1
+        if buf.find(b"@", a0, a1) >= 0:
+            # RFC 9110 §4.2.4: userinfo is deprecated and "likely being used to obscure
+            # the authority"; a recipient SHOULD treat it as an error.
+            self._fail("userinfo in request-target authority")
         if a0 == a1:
             self._fail("empty authority in request-target")
+        if not _HOST.match(buf, a0, a1):
+            # the authority stands in for Host (RFC 9112 §3.2.2): the same grammar applies
+            self._fail("invalid authority in request-target")
         self._absolute_form = True
         self._authority = (a0, a1)
 
@@ -634,7 +634,12 @@ class RequestScanner(_HeadScanner):
         t0, t1 = self._target
         self.method = bytes(buf[m0:m1])
         self.target = bytes(buf[t0:t1])
-        h0, h1 = self._host
+        if self._hosts == 0 and self._absolute_form:
+            # HTTP/1.0 absolute-form without Host: the target's authority names the host
+            # (RFC 9112 §3.2.2), validated by _target_form with Host's grammar.
+            h0, h1 = self._authority
+        else:
+            h0, h1 = self._host
         self.host = bytes(buf[h0:h1])
         self.content_length = self._cl
         self.chunked = self._te_seen

@@ -131,11 +131,10 @@ VALID_REQUESTS = [
     (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", dict(keep_alive=False)),
     (b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", dict(method=b"OPTIONS", target=b"*")),
     # absolute-form: Host must equal the target's authority (RFC 9112 §3.2), any case;
-    # userinfo is not part of it
+    # the absolute-form authority stands in for a missing Host (RFC 9112 §3.2.2)
     (b"GET http://example.com/x?y HTTP/1.1\r\nHost: example.com\r\n\r\n", dict(target=b"http://example.com/x?y")),
     (b"GET HTTPS://Example.COM:8443?q HTTP/1.1\r\nHost: example.com:8443\r\n\r\n", dict(host=b"example.com:8443")),
-    (b"GET http://u:p@example.com#f HTTP/1.1\r\nHost: example.com\r\n\r\n", dict(host=b"example.com")),
-    (b"GET http://example.com/ HTTP/1.0\r\n\r\n", dict(host=b"", http_minor=0)),
+    (b"GET http://example.com:8080/ HTTP/1.0\r\n\r\n", dict(host=b"example.com:8080", http_minor=0)),
     (b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n",
      dict(method=b"CONNECT", target=b"db.internal:5432")),
     # any token is a method (RFC 9110 §9.1); case matters but lowercase is still a token
@@ -405,6 +404,10 @@ REJECTED_REQUESTS = [
     ("absolute-form without authority", b"GET urn:isbn:1 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("absolute-form empty authority", b"GET http:///x HTTP/1.0\r\n\r\n", 400),
     ("absolute-form two userinfo", b"GET http://a@b@c/ HTTP/1.1\r\nHost: c\r\n\r\n", 400),
+    # RFC 9110 §4.2.4: userinfo is treated as an error (it obscures the authority)
+    ("absolute-form userinfo", b"GET http://u:p@example.com#f HTTP/1.1\r\nHost: example.com\r\n\r\n", 400),
+    ("HTTP/1.0 userinfo without Host", b"GET http://a.example:x@b.internal/p HTTP/1.0\r\n\r\n", 400),
+    ("absolute-form bad port", b"GET http://b.internal:x/p HTTP/1.0\r\n\r\n", 400),
     ("empty Host asterisk-form", b"OPTIONS * HTTP/1.1\r\nHost:\r\n\r\n", 400),
     ("empty Host HTTP/1.0", b"GET / HTTP/1.0\r\nHost:\r\n\r\n", 400),
     ("Host with SP", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),

@@ -177,6 +177,8 @@ WAITS_FOR_LF = "fastlb judges a start-line only once its LF arrives (split invar
                "the incomplete head is never forwarded and max_line bounds the wait"
 LLHTTP_REQUEST_DIFFERENCES = {
     "request/invalid:490": ("incomplete", WAITS_FOR_LF),
+    "request/uri:222": ("error", "RFC 9110 §4.2.4: userinfo in an http(s) URI is treated as an error "
+                                 "(it obscures the authority a proxy routes by)"),
     "request/method:135": ("error", "RFC 9112 §3.2.4: asterisk-form is for OPTIONS only "
                                     "(SSDP M-SEARCH * is UDP multicast, not HTTP/1.1 over TCP)"),
     "request/transfer-encoding:751": ("error", "RFC 9112 §6.1: 501 for codings other than chunked "
