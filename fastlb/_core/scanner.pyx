@@ -108,11 +108,15 @@ cdef enum:
     K_TRAILER = 11
     K_XFF = 12
     K_XFP = 13
+    K_HTTP2_SETTINGS = 14
 
 # Hop-by-hop fields never forwarded (RFC 9110 §7.6.1; RFC 9112 §6.1, §7.4), as a bit set.
 cdef enum:
+    # HTTP2-Settings is connection-specific by definition (RFC 9113 §3.1, RFC 7540 §3.2.1):
+    # forwarded without its Upgrade it could only serve an h2c smuggling attempt.
     HOP_MASK = ((1 << K_CONNECTION) | (1 << K_KEEP_ALIVE) | (1 << K_PROXY_CONNECTION)
-                | (1 << K_TE) | (1 << K_TRAILER) | (1 << K_TRANSFER_ENCODING))
+                | (1 << K_TE) | (1 << K_TRAILER) | (1 << K_TRANSFER_ENCODING)
+                | (1 << K_HTTP2_SETTINGS))
     # A client cannot have these dropped by naming them in Connection: Host and
     # Content-Length steer routing and framing (smuggling), X-Request-ID tracing.
     REQUEST_PROTECTED = (1 << K_HOST) | (1 << K_CONTENT_LENGTH) | (1 << K_REQUEST_ID)
@@ -155,6 +159,8 @@ cdef inline int _classify(const unsigned char *s, Py_ssize_t n) noexcept nogil:
     elif n == 14:
         if c0 == b'c' and _ieq(s, b"content-length", 14):
             return K_CONTENT_LENGTH
+        if c0 == b'h' and _ieq(s, b"http2-settings", 14):
+            return K_HTTP2_SETTINGS
     elif n == 17:
         if c0 == b't' and _ieq(s, b"transfer-encoding", 17):
             return K_TRANSFER_ENCODING

@@ -83,6 +83,7 @@ K_TE = 10
 K_TRAILER = 11
 K_XFF = 12
 K_XFP = 13
+K_HTTP2_SETTINGS = 14
 
 _KINDS = {
     b"host": K_HOST,
@@ -98,13 +99,17 @@ _KINDS = {
     b"trailer": K_TRAILER,
     b"x-forwarded-for": K_XFF,
     b"x-forwarded-proto": K_XFP,
+    b"http2-settings": K_HTTP2_SETTINGS,
 }
 
 # Hop-by-hop fields never forwarded (RFC 9110 §7.6.1: Connection and the fields it
 # names; Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade are the
 # usual hop-by-hop set, RFC 9110 §7.6.1 and RFC 9112 §6.1 / §7.4).
+# HTTP2-Settings is connection-specific by definition (RFC 9113 §3.1, RFC 7540 §3.2.1):
+# forwarded without its Upgrade it could only serve an h2c smuggling attempt.
 _HOP = frozenset(
-    (K_CONNECTION, K_KEEP_ALIVE, K_PROXY_CONNECTION, K_TE, K_TRAILER, K_TRANSFER_ENCODING)
+    (K_CONNECTION, K_KEEP_ALIVE, K_PROXY_CONNECTION, K_TE, K_TRAILER, K_TRANSFER_ENCODING,
+     K_HTTP2_SETTINGS)
 )
 # A client cannot make fastlb drop these by listing them in Connection: removing Host
 # or Content-Length would change routing or framing (smuggling), X-Request-ID tracing.

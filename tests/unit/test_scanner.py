@@ -640,8 +640,10 @@ def test_build_upstream_head_drops_hop_by_hop(mod):
     raw = (
         b"POST /p HTTP/1.1\r\nHost: api\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
         b"Proxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n"
-        b"Upgrade: h2c\r\nX-Forwarded-Proto: https\r\nContent-Type: text/plain\r\n\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+        b"X-Forwarded-Proto: https\r\nContent-Type: text/plain\r\n\r\n"
     )
+    # HTTP2-Settings is dropped even when Connection does not list it (h2c smuggling)
     assert _build(mod, raw, extra=b"X-Forwarded-Proto: http\r\nTransfer-Encoding: chunked\r\n") == (
         b"POST /p HTTP/1.1\r\nHost: api\r\nContent-Type: text/plain\r\nX-Forwarded-For: 10.0.0.9\r\n"
         b"X-Forwarded-Proto: http\r\nTransfer-Encoding: chunked\r\n\r\n"
