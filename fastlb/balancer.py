@@ -62,7 +62,7 @@ class Backend:
 
     __slots__ = (
         "index", "address", "host", "port", "weight", "pool_name",
-        "state", "requests_total", "failures_total", "idle",
+        "state", "requests_total", "failures_total", "idle", "addr",
     )
 
     def __init__(self, index, host, port, weight, pool_name):
@@ -76,6 +76,7 @@ class Backend:
         self.requests_total = 0
         self.failures_total = 0
         self.idle = []  # idle keep-alive upstream connections, most recent last (upstream.py owns them)
+        self.addr = host  # the address connects use: ``host`` resolved (upstream.resolve_backends)
 
 
 class Pool:

@@ -40,6 +40,7 @@ _SIZE_UNITS = {
 }
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2
 
 
 def parse_duration(value):
@@ -196,7 +197,7 @@ _POOL_KEYS = ("algorithm", "backends", "retries", "hash_key", "hash_balance_fact
               "maglev_table_size")
 HASH_KEY_KINDS = ("ip", "path", "header", "cookie", "query")
 _BACKEND_KEYS = ("address", "weight")
-_LISTENER_KEYS = ("name", "bind", "routes", "pool")
+_LISTENER_KEYS = ("name", "bind", "routes", "pool", "upgrade_protocols")
 _ROUTE_KEYS = ("host", "path_prefix", "pool")
 _TIMEOUT_KEYS = tuple(TimeoutSpec.__dataclass_fields__)
 _LIMIT_KEYS = tuple(LimitSpec.__dataclass_fields__)
@@ -347,9 +348,22 @@ def _listeners(ctx, value, pool_names):
                         routes.append(route)
         else:
             ctx.err(path + ".routes", "required: a list of routes (or 'pool: NAME' for one default pool)")
+        upgrade = _upgrade_protocols(ctx, lst.get("upgrade_protocols", ["websocket"]), path + ".upgrade_protocols")
         if bind is not None:
-            listeners.append(ListenerSpec(name=name, bind=bind, routes=tuple(routes)))
+            listeners.append(ListenerSpec(name=name, bind=bind, routes=tuple(routes), upgrade_protocols=upgrade))
     return listeners
+
+
+def _upgrade_protocols(ctx, value, path):
+    """Upgrade protocol names (RFC 9110 §7.8: protocol-name is a token) a client may
+    switch to through this listener; others are forwarded as plain requests."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and _TOKEN.match(v) for v in value):
+        ctx.err(path, "expected a list of protocol names (tokens), like [websocket], got %r" % (value,))
+        return ("websocket",)
+    if any(v.lower() == "h2c" for v in value):
+        ctx.err(path, "h2c cannot be allowed: fastlb does not speak HTTP/2, and an h2c upgrade would tunnel "
+                      "past everything the balancer enforces (RFC 9113 §3.1 deprecates it)")
+    return tuple(v.lower() for v in value)
 
 
 def _route(ctx, value, path, pool_names):
@@ -362,8 +376,11 @@ def _route(ctx, value, path, pool_names):
         ok = False
     host = value.get("host")
     if host is not None:
-        if not isinstance(host, str) or not _HOSTNAME.match(host.lstrip("*.") or "x"):
-            ctx.err(path + ".host", "expected a host name (optionally *.domain), got %r" % (host,))
+        # "*.domain" is the only pattern: "*example.com" or ".example.com" would never
+        # match a Host (the router compares whole labels), so they are errors, not silence.
+        name = host[2:] if isinstance(host, str) and host.startswith("*.") else host
+        if not isinstance(name, str) or not _HOSTNAME.match(name):
+            ctx.err(path + ".host", "expected a host name or *.domain, got %r" % (host,))
             ok = False
         else:
             host = host.lower().rstrip(".")

@@ -78,6 +78,9 @@ class ListenerSpec:
     name: str
     bind: Address
     routes: tuple
+    # Upgrade protocols clients may switch to (lowercase); an Upgrade offering none
+    # of them is forwarded as a plain request without Upgrade (h2c smuggling).
+    upgrade_protocols: tuple = ("websocket",)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ class TimeoutSpec:
     upstream_idle: float = 60.0  # an idle pooled backend connection is closed after this
     tunnel: float = 3600.0  # inactivity on an upgraded (WebSocket) connection
     drain: float = 30.0  # SIGTERM/SIGINT: how long in-flight requests may finish
+    send: float = 30.0  # a client leaving our writes unread (buffer full, no progress) is closed
+    linger: float = 5.0  # lingering close: how long the client's late bytes are read and discarded
+    dns_refresh: float = 30.0  # backend host names are resolved again this often
 
 
 @dataclass(frozen=True)

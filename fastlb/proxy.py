@@ -1,269 +1,233 @@
-"""The request lifecycle, in named phases.
+"""The request lifecycle, in named phases, driving one exchange per request.
 
-One ``ProxyConnection`` per client connection; requests on it are served one at
-a time, in order (pipelined requests wait in ``buf``). The phases:
+One ``ProxyConnection`` per client connection (downstream.ClientConnection: flow
+control, deadlines, closing). Requests on it are served one at a time, in order
+(pipelined requests wait in ``buf``); each has one ``http1.Exchange`` (framing and
+how it ends) and uses the connection's ``upstream.BackendSession`` (connect,
+retries, pooling). The phases:
 
     head      scan the request head (fastlb._core RequestScanner); reject -> 4xx + close
     route     listener routes (host, path prefix) -> pool; none -> 404
     select    pool selector -> backend; none usable -> 503
-    forward   pooled or new backend connection; rebuilt head (hop-by-hop removed,
-              X-Forwarded-*, X-Request-ID) then the body, streamed and re-framed
-    respond   scan the response head(s): 1xx relayed, 101 -> tunnel, final ->
-              framing chosen for the client, body streamed and re-framed
-    finish    backend connection back to its pool only after a complete exchange
-              with no leftover bytes; next pipelined request
+    forward   the session connects (or reuses) and sends the rebuilt head (hop-by-hop
+              removed, X-Forwarded-*, X-Request-ID, only allowed Upgrade protocols)
+              then the body, streamed and re-framed by the exchange
+    respond   response head(s): 1xx relayed, 101 -> tunnel, final -> the exchange
+              frames the body for the client and says when it is complete
+    finish    one exit per outcome (``_complete``, ``_refuse``, ``_cut``), all through
+              ``_end_exchange``: the session ends (connection pooled, closed or reset),
+              the exchange's read pauses are released, then the next pipelined
+              request or the client connection closes
 
 Invariants:
 - Nothing is forwarded before the whole request head is validated.
 - Bodies are never buffered whole: bytes are written as they arrive and reading
   pauses on the other side's write-buffer high-water mark.
-- A backend connection is reused only if the request body was fully sent, the
-  response was complete (length or chunked framing), no byte followed it, and the
-  backend did not ask to close.
-- Retries happen only before any request byte reached a backend (connect
-  failure, connect timeout), or for a body-less idempotent request whose reused
-  keep-alive connection died before any response byte (the keep-alive race).
-- Every failure a client can see is a JSON body with status 4xx/5xx, the request
-  id, and one log line; after a response has started, a failure can only close
-  the client connection.
-- Time is read from ``loop.time()`` at most once per event; deadlines are checked
-  by the listener's timer tick (server.py), never by a timer per request.
+- A response cut short (backend reset, invalid chunk, timeout after the head) ends
+  with the client connection reset and no terminator: never framed as complete.
+- After a client half-close, every complete request already received is answered,
+  then the connection closes.
+- Every failure a client can see before a response started is a JSON body with
+  status 4xx/5xx and the request id (no body for HEAD), and one log line.
+- Time is read from ``loop.time()`` at most once per event; deadlines live on the
+  listener's timer wheel (timers.py), never in a timer per request.
 """
 
-import asyncio
 import json
 import logging
 
-from ._core import ChunkedDecoder, RequestScanner, ResponseScanner, ScanError
-from .downstream import BLOCK_PENDING, BLOCK_PIPELINE, BLOCK_UPSTREAM, DownstreamProtocol
-from .errors import REASONS
+from ._core import RequestScanner, ResponseScanner, ScanError
 from .balancer import KEY_COOKIE, KEY_HEADER, KEY_IP, KEY_NONE, KEY_PATH, KEY_QUERY
-from .http1 import authority_of, cookie_value, path_of, query_param
-from .upstream import WRITE_HIGH_WATER, UpstreamConnection, acquire, release
+from .downstream import (
+    CLOSED, EXCHANGE_PAUSES, OPEN, PAUSE_PENDING, PAUSE_PIPELINE, PAUSE_UPSTREAM, ClientConnection,
+)
+from .errors import REASONS
+from .http1 import (
+    COMPLETE, CUT, R_BODY, R_HEAD, R_NONE, REFUSED, Exchange, accepted_upgrade, cookie_value, error_response,
+    path_of, query_param, upgrade_offer,
+)
+from .upstream import BackendSession
 
 log = logging.getLogger("fastlb.proxy")
 
-# Connection phases (self.state).
+# Request phases (self.state).
 HEAD = 0  # reading a request head (or idle between requests)
 BODY = 1  # request head forwarded; receiving the request body
 WAIT = 2  # request fully received; response in progress
 TUNNEL = 3  # upgraded: bytes relayed both ways
-CLOSED = 4
 
-# Response phases (self.rstate).
-R_NONE = 0
-R_HEAD = 1  # waiting for the (final) response head
-R_BODY = 2  # streaming the response body
-
-# Response body framing (RFC 9112 §6.3).
-M_NONE = 0  # HEAD request, 204, 304: no body whatever the headers say
-M_LENGTH = 1  # Content-Length
-M_CHUNKED = 2  # chunked transfer coding
-M_CLOSE = 3  # delimited by the backend closing the connection
-
-# Deadline kinds (self.deadline_kind).
-T_NONE = 0
+# Client timer kinds (downstream.py has the closing ones, 10 and up).
 T_IDLE = 1  # keep-alive idle, no byte of a new request yet
 T_HEADER = 2  # head in progress (slowloris bound)
 T_BODY = 3  # client inactivity while sending a request body
-T_RESPONSE = 4  # backend: time to response head, then inactivity in the body
-T_TUNNEL = 5  # upgraded connection inactivity
+T_TUNNEL = 4  # upgraded connection inactivity
 
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
-LAST_CHUNK = b"0\r\n\r\n"
 CRLF = b"\r\n"
 # Pipelined bytes buffered beyond a full request head pause reading.
 PIPELINE_SLACK = 64 * 1024
+# What follows the end of an exchange (_end_exchange).
+NEXT = 0  # the next request on the same connection
+CLOSE = 1  # close the client connection (lingering close unless the client sent FIN)
+RESET = 2  # reset it: a response was cut short
+# Tunnel half-closes seen (self.tunnel_eofs).
+EOF_CLIENT = 1
+EOF_BACKEND = 2
 
 
-def chunk_prefix(n):
-    return b"%x\r\n" % n
-
-
-class ProxyConnection(DownstreamProtocol):
-    __slots__ = (
-        "scanner", "rscanner", "buf", "rbuf", "state", "rstate",
-        "deadline", "deadline_kind", "up_deadline",
-        # request
-        "pool", "backend", "upstream", "connect_task", "tried", "attempts",
-        "req_head", "req_method", "req_target", "req_minor", "req_keep_alive", "req_is_head",
-        "req_upgrade", "req_idempotent", "req_has_body", "req_remaining", "req_decoder", "req_done",
-        "request_id", "pending", "pending_bytes", "fresh_only", "req_key",
-        "t_sent", "latency",
-        # response
-        "r_mode", "r_remaining", "r_decoder", "rechunk", "close_after", "up_reusable",
-        "resp_started", "resp_seen", "client_eof", "draining", "in_heads",
-    )
+class ProxyConnection(ClientConnection):
+    __slots__ = ("scanner", "rscanner", "buf", "rbuf", "state", "ex", "session", "in_heads", "tunnel_eofs")
 
     def __init__(self, listener):
-        DownstreamProtocol.__init__(self, listener)
+        ClientConnection.__init__(self, listener)
         limits = listener.limits
         self.scanner = RequestScanner(limits.max_request_line, limits.max_header_bytes, limits.max_header_fields)
         self.rscanner = ResponseScanner(limits.max_request_line, limits.max_header_bytes, limits.max_header_fields)
         self.buf = bytearray()
         self.rbuf = bytearray()
         self.state = HEAD
-        self.rstate = R_NONE
-        self.deadline = 0.0
-        self.deadline_kind = T_NONE
-        self.up_deadline = 0.0
-        self.upstream = None
-        self.connect_task = None
-        self.backend = None
-        self.pool = None
-        self.pending = None
-        self.client_eof = False
-        self.draining = listener.draining
+        self.ex = None
+        self.session = BackendSession(self, listener)
         self.in_heads = False
-        self._reset_request()
-
-    def _reset_request(self):
-        self.pool = None
-        self.tried = None
-        self.attempts = 0
-        self.req_head = None
-        self.req_method = b""
-        self.req_target = b""
-        self.req_minor = 1
-        self.req_keep_alive = True
-        self.req_is_head = False
-        self.req_upgrade = False
-        self.req_idempotent = False
-        self.req_has_body = False
-        self.req_remaining = 0
-        self.req_decoder = None
-        self.req_done = False
-        self.request_id = b""
-        self.pending = None
-        self.pending_bytes = 0
-        self.fresh_only = False
-        self.req_key = None
-        self.t_sent = 0.0
-        self.latency = -1.0
-        self.r_mode = M_NONE
-        self.r_remaining = 0
-        self.r_decoder = None
-        self.rechunk = False
-        self.close_after = False
-        self.up_reusable = False
-        self.resp_started = False
-        self.resp_seen = False
+        self.tunnel_eofs = 0
 
     # ------------------------------------------------------------------ events
     def on_connect(self):
-        self._set_deadline(T_HEADER, self.listener.timeouts.client_header)
+        listener = self.listener
+        listener.wheel.arm(self.timer, T_IDLE, listener.loop.time() + listener.timeouts.client_idle)
 
     def data_received(self, data):
+        if self.phase != OPEN:
+            return  # lingering close: read and discard
         state = self.state
-        if state == TUNNEL:
-            up = self.upstream
-            if up is not None:
-                up.transport.write(data)
-            self.deadline = self.listener.loop.time() + self.listener.timeouts.tunnel
-            return
         if state == BODY:
             self._request_body(data)
             return
-        if state == CLOSED:
+        if state == TUNNEL:
+            conn = self.session.conn
+            if conn is not None:
+                conn.transport.write(data)
+            listener = self.listener
+            listener.wheel.extend(self.timer, listener.loop.time() + listener.timeouts.tunnel)
             return
         buf = self.buf
         buf += data
         if state == HEAD:
-            if self.deadline_kind != T_HEADER:
-                self._set_deadline(T_HEADER, self.listener.timeouts.client_header)
+            if self.timer.kind != T_HEADER:
+                listener = self.listener
+                listener.wheel.arm(self.timer, T_HEADER, listener.loop.time() + listener.timeouts.client_header)
             self._read_heads()
         elif len(buf) > PIPELINE_SLACK:  # WAIT: a pipelined request waits its turn
-            self.block_reading(BLOCK_PIPELINE)
+            self.flow.pause(PAUSE_PIPELINE)
 
     def eof_received(self):
         self.client_eof = True
-        if self.state == HEAD:
-            return False  # no request in progress (a partial head is abandoned): close
-        return self.state != TUNNEL  # finish the response in progress, then close
-
-    def close(self):
-        self.state = CLOSED
-        self.deadline = 0.0
-        DownstreamProtocol.close(self)
-
-    def abort(self):
-        self.state = CLOSED
-        self.deadline = 0.0
-        DownstreamProtocol.abort(self)
+        if self.phase != OPEN:
+            return False  # the lingering close is over
+        state = self.state
+        if state == TUNNEL:
+            # Relay the half-close; the backend may still answer (RFC 9110 §7.8 tunnels
+            # carry TCP semantics). The tunnel ends when both directions have.
+            self.tunnel_eofs |= EOF_CLIENT
+            conn = self.session.conn
+            if conn is not None and not conn.closed and conn.transport.can_write_eof():
+                conn.transport.write_eof()
+            if self.tunnel_eofs == EOF_CLIENT | EOF_BACKEND:
+                self._end_tunnel()
+                return False
+            return True
+        if state == HEAD:
+            # Every complete request was handled as it arrived; what is left is at
+            # most a partial head, which can never complete now.
+            return self.ex is not None
+        if state == BODY:
+            # The request body can never complete.
+            self._fail(400, "client closed the connection before the end of the request body")
+            return True
+        return True  # WAIT: answer the request in progress (and pipelined ones), then close
 
     def on_disconnect(self):
-        self.state = CLOSED
-        task = self.connect_task
-        if task is not None:
-            self.connect_task = None
-            task.cancel()
-        up = self.upstream
-        if up is not None:
-            self.upstream = None
-            up.abort()
-        self._clear_backend()
+        self.state = HEAD
+        ex = self.ex
+        self.ex = None
+        self.session.finish(self.listener.loop.time(), abort=ex is not None and ex.outcome != COMPLETE)
 
     def on_client_pause(self):
-        up = self.upstream
-        if up is not None and not up.closed:
-            up.transport.pause_reading()
+        conn = self.session.conn
+        if conn is not None:
+            conn.pause_reading()
+        self.session.suspend_response()
 
     def on_client_resume(self):
-        up = self.upstream
-        if up is not None and not up.closed:
-            up.transport.resume_reading()
+        conn = self.session.conn
+        if conn is not None:
+            conn.resume_reading()
+        ex = self.ex
+        if ex is not None and conn is not None and ex.req_done and ex.rstate != R_NONE and self.state != TUNNEL:
+            self.session.arm_response(self.listener.loop.time())
 
     def on_upstream_pause(self):
-        self.block_reading(BLOCK_UPSTREAM)
+        self.flow.pause(PAUSE_UPSTREAM)
 
     def on_upstream_resume(self):
-        self.unblock_reading(BLOCK_UPSTREAM)
+        self.flow.resume(PAUSE_UPSTREAM)
 
     # ------------------------------------------------------------------- timers
-    def _set_deadline(self, kind, seconds):
-        self.deadline_kind = kind
-        self.deadline = self.listener.loop.time() + seconds
-
-    def on_tick(self, now):
-        """Called by the listener's timer tick with the loop time."""
-        if self.state == CLOSED:
-            return
-        if self.up_deadline and now >= self.up_deadline:
-            self.up_deadline = 0.0
-            task = self.connect_task
-            if task is not None:
-                task.cancel()  # _on_connected sees the cancellation: connect timeout
-        if self.deadline and now >= self.deadline:
-            self.deadline = 0.0
-            self._on_timeout(self.deadline_kind)
-
-    def _on_timeout(self, kind):
-        if self.state == CLOSED:
-            return
-        if kind == T_IDLE:
-            self.close()
-        elif kind == T_HEADER:
+    def rearm(self):
+        """The client deadline for the current state (after a send pause ends)."""
+        listener = self.listener
+        state = self.state
+        now = listener.loop.time()
+        if state == HEAD:
             if self.buf:
-                self._client_error(408, "request head not received within %gs" % self.listener.timeouts.client_header)
+                listener.wheel.arm(self.timer, T_HEADER, now + listener.timeouts.client_header)
             else:
-                self.close()
+                listener.wheel.arm(self.timer, T_IDLE, now + listener.timeouts.client_idle)
+        elif state == BODY:
+            listener.wheel.arm(self.timer, T_BODY, now + listener.timeouts.client_idle)
+        elif state == TUNNEL:
+            listener.wheel.arm(self.timer, T_TUNNEL, now + listener.timeouts.tunnel)
+        else:
+            listener.wheel.cancel(self.timer)  # WAIT: the session's response deadline runs
+
+    def on_client_timer(self, kind, now):
+        timeouts = self.listener.timeouts
+        if kind == T_IDLE:
+            if self.state == HEAD and self.ex is None:
+                self.close_client()
+        elif kind == T_HEADER:
+            if self.state == HEAD and self.ex is None:
+                if self.buf:
+                    self._client_error(408, "request head not received within %gs" % timeouts.client_header)
+                else:
+                    self.close_client()
         elif kind == T_BODY:
-            if self.resp_started:
-                self._abort_exchange("client stopped sending the request body")
-            else:
-                self._drop_upstream()
-                self._client_error(408, "request body stalled for %gs" % self.listener.timeouts.client_idle)
-        elif kind == T_RESPONSE:
-            if self.resp_started:
-                self._abort_exchange("backend stalled in the response body")
-            else:
-                if self.backend is not None:
-                    self.backend.failures_total += 1
-                self._drop_upstream()
-                self._fail(504, "backend did not respond within %gs" % self.listener.timeouts.response)
+            if self.state == BODY:
+                self._fail(408, "request body stalled for %gs" % timeouts.client_idle)
         elif kind == T_TUNNEL:
-            self._drop_upstream()
-            self.close()
+            if self.state == TUNNEL:
+                self._end_tunnel()
+
+    def on_send_timeout(self):
+        reason = "client stopped reading the response for %gs" % self.listener.timeouts.send
+        if self.ex is not None:
+            self.ex.fail(0)
+            self._cut(reason)
+        else:
+            log.info("client %s: %s", self.client_ip.decode("latin-1"), reason)
+            self.abort_client()
+
+    def on_response_timeout(self):
+        ex = self.ex
+        if ex is None or self.state == TUNNEL:
+            return
+        if ex.resp_started:
+            ex.fail(0)
+            self._cut("backend stalled in the response body for %gs" % self.listener.timeouts.response)
+        else:
+            backend = self.session.backend
+            if backend is not None:
+                backend.failures_total += 1
+            self._fail(504, "backend did not respond within %gs" % self.listener.timeouts.response)
 
     # ---------------------------------------------------------------- phase: head
     def _read_heads(self):
@@ -273,97 +237,82 @@ class ProxyConnection(DownstreamProtocol):
             return
         self.in_heads = True
         try:
-            while self.state == HEAD and self.buf:
+            while self.state == HEAD and self.ex is None and self.phase == OPEN and self.buf:
                 try:
                     n = self.scanner.scan(self.buf)
                 except ScanError as exc:
                     self._client_error(exc.status, exc.reason)
                     return
                 if not n:
-                    return
+                    break
                 self._start_request(n)
         finally:
             self.in_heads = False
+        if self.client_eof and self.state == HEAD and self.ex is None:
+            self.close_client()  # half-closed: nothing complete is left to answer
 
     def _start_request(self, n):
         sc = self.scanner
         listener = self.listener
-        self.req_method = method = sc.method
-        self.req_target = sc.target
-        self.req_minor = sc.http_minor
-        self.req_keep_alive = sc.keep_alive
-        self.req_is_head = method == b"HEAD"
-        self.req_upgrade = sc.upgrade
-        self.req_idempotent = method in IDEMPOTENT
+        method = sc.method
+        target = sc.target
         rid = sc.request_id
         if rid is None:
             rid = listener.next_request_id()
-        self.request_id = rid
-        chunked = sc.chunked
-        clen = sc.content_length
+        upgrade = None
+        if sc.upgrade:
+            upgrade = upgrade_offer(sc.header_value(self.buf, b"upgrade") or b"", listener.upgrade_protocols)
+        self.ex = ex = Exchange(method, target, sc.http_minor, sc.keep_alive, upgrade, rid, sc.chunked,
+                                sc.content_length)
 
         # phase: route
         if method == b"CONNECT":
-            self._client_error(405, "CONNECT is not supported by a reverse proxy")
+            del self.buf[:n]
+            self._refuse_early(405, "CONNECT is not supported by a reverse proxy")
             return
-        pool = listener.route(sc.host, self.req_target)
-        if pool is not None and pool.key_kind != KEY_NONE:
-            self.req_key = self._request_key(pool)
+        pool = listener.route(sc.host, target)
+        key = self._request_key(pool) if pool is not None and pool.key_kind != KEY_NONE else None
 
-        # the rebuilt head, kept until the first backend write (retries resend it)
+        # the rebuilt head, kept by the session until the first backend write (retries resend it)
         extra = listener.extra_proto
         if sc.request_id is None:
             extra += b"X-Request-ID: " + rid + CRLF
-        if chunked:
+        if sc.chunked:
             extra += b"Transfer-Encoding: chunked\r\n"
-        if self.req_upgrade:
-            extra += b"Connection: upgrade\r\n"
-        if not sc.host:
+        if upgrade is not None:
+            extra += b"Connection: upgrade\r\nUpgrade: " + upgrade + CRLF
+        if ex.minor == 0 and sc.header_value(self.buf, b"host") is None:
             # HTTP/1.0 without Host: the upstream request is HTTP/1.1, which requires one
-            # (RFC 9112 §3.2): the absolute-form target's authority, else the pool's first backend.
-            extra += b"Host: " + (authority_of(self.req_target) or
-                                  (pool.host_header if pool is not None else b"localhost")) + CRLF
-        self.req_head = sc.build_upstream_head(self.buf, self.client_ip, extra, self.req_upgrade)
+            # (RFC 9112 §3.2): an absolute-form target's authority (the scanner's host),
+            # else the pool's first backend.
+            extra += b"Host: " + (sc.host or (pool.host_header if pool is not None else b"localhost")) + CRLF
+        head = sc.build_upstream_head(self.buf, self.client_ip, extra, False)
         del self.buf[:n]
 
-        if chunked:
-            self.req_has_body = True
-            self.req_decoder = ChunkedDecoder()
-            self.req_remaining = -1
-        elif clen > 0:
-            self.req_has_body = True
-            self.req_remaining = clen
-        else:
-            self.req_done = True
-
         if pool is None:
-            self._fail(404, "no route for this host and path")
+            self._refuse_early(404, "no route for this host and path")
             return
-        self.pool = pool
-
         # phase: select
         if pool.measure_latency:
-            backend = pool.pick(self.req_key, listener.loop.time())
+            backend = pool.pick(key, listener.loop.time())
         else:
-            backend = pool.pick(self.req_key)
+            backend = pool.pick(key)
         if backend is None:
-            self._fail(503, "no backend available in pool %s" % pool.name)
+            self._refuse_early(503, "no backend available in pool %s" % pool.name)
             return
-        self._set_backend(backend)
-        if self.req_done:
+        if ex.req_done:
             self.state = WAIT
+            listener.wheel.cancel(self.timer)
         else:
             self.state = BODY
-            self._set_deadline(T_BODY, listener.timeouts.client_idle)
-        self._connect(backend)
-
+            listener.wheel.arm(self.timer, T_BODY, listener.loop.time() + listener.timeouts.client_idle)
+        self.session.start(pool, backend, key, head)
         # body bytes that arrived with the head
-        if not self.req_done and self.buf and self.state == BODY:
+        if self.state == BODY and self.buf and self.ex is ex:
             data = bytes(self.buf)
             self.buf.clear()
             self._request_body(data)
 
-    # -------------------------------------------------------------- phase: forward
     def _request_key(self, pool):
         """The request's hash key (bytes) for ``pool``, or None when it has none."""
         kind = pool.key_kind
@@ -375,168 +324,85 @@ class ProxyConnection(DownstreamProtocol):
             cookie = self.scanner.header_value(self.buf, b"cookie")
             return cookie_value(cookie, pool.key_name) if cookie is not None else None
         if kind == KEY_PATH:
-            return path_of(self.req_target).partition(b"?")[0]
+            return path_of(self.scanner.target).partition(b"?")[0]
         if kind == KEY_QUERY:
-            return query_param(self.req_target, pool.key_name)
+            return query_param(self.scanner.target, pool.key_name)
         return None
 
-    def _set_backend(self, backend):
-        self.backend = backend
-        self.pool.started(backend)
+    # -------------------------------------------------------------- phase: forward
+    def on_session_attached(self, conn):
+        ex = self.ex
+        self.flow.resume(PAUSE_PENDING)
+        if self.write_paused:
+            conn.pause_reading()
+        ex.rstate = R_HEAD
+        if ex.req_done:
+            self.session.arm_response(self.listener.loop.time())
 
-    def _clear_backend(self):
-        backend = self.backend
-        if backend is not None:
-            self.backend = None
-            pool = self.pool
-            if self.latency >= 0:
-                pool.finished(backend, self.latency, self.listener.loop.time())
-            else:
-                pool.finished(backend)
-
-    def _connect(self, backend):
-        conn = None if self.fresh_only else acquire(backend)
-        if conn is not None:
-            self._attach(conn)
-            return
-        listener = self.listener
-        self.up_deadline = listener.loop.time() + listener.timeouts.connect
-        task = asyncio.ensure_future(
-            listener.loop.create_connection(lambda: UpstreamConnection(backend), backend.host, backend.port)
-        )
-        self.connect_task = task
-        task.add_done_callback(self._on_connected)
-
-    def _on_connected(self, task):
-        if task is not self.connect_task:
-            # Superseded (client gone, or request already answered): discard.
-            if not task.cancelled() and task.exception() is None:
-                task.result()[0].close()
-            return
-        self.connect_task = None
-        self.up_deadline = 0.0
-        if task.cancelled():
-            self._connect_failed(504, "connect to %s timed out after %gs" % (self.backend.address, self.listener.timeouts.connect))
-            return
-        exc = task.exception()
-        if exc is not None:
-            self._connect_failed(502, "connect to %s failed: %s" % (self.backend.address, exc.strerror or exc))
-            return
-        self._attach(task.result()[1])
-
-    def _connect_failed(self, status, reason):
-        backend = self.backend
-        backend.failures_total += 1
-        log.warning("backend %s: %s (request_id=%s)", backend.address, reason, self.request_id.decode("latin-1"))
-        pool = self.pool
-        if self.attempts < pool.retries:
-            # Nothing reached the backend: safe to try another one, body included
-            # (it is still queued in self.pending, reading paused at the mark).
-            self.attempts += 1
-            if self.tried is None:
-                self.tried = set()
-            self.tried.add(backend.index)
-            nxt = pool.pick_excluding(self.tried, self.req_key)
-            if nxt is not None:
-                self._clear_backend()
-                self._set_backend(nxt)
-                self._connect(nxt)
-                return
+    def on_session_failed(self, status, reason):
         self._fail(status, reason)
 
-    def _attach(self, conn):
-        self.upstream = conn
-        conn.peer = self
-        transport = conn.transport
-        transport.write(self.req_head)
-        if self.pool.measure_latency:
-            self.t_sent = self.listener.loop.time()
-        if self.pending is not None:
-            transport.writelines(self.pending)
-            self.pending = None
-            self.pending_bytes = 0
-            self.unblock_reading(BLOCK_PENDING)
-        if self.write_paused:
-            transport.pause_reading()
-        self.rstate = R_HEAD
-        if self.req_done:
-            self._set_deadline(T_RESPONSE, self.listener.timeouts.response)
-
-    def _send_up(self, data):
-        up = self.upstream
-        if up is not None:
-            up.transport.write(data)
-        else:
-            if self.pending is None:
-                self.pending = []
-            self.pending.append(data)
-            self.pending_bytes += len(data)
-            if self.pending_bytes > WRITE_HIGH_WATER:
-                self.block_reading(BLOCK_PENDING)
-
     def _request_body(self, data):
-        listener = self.listener
-        if self.req_decoder is None:
-            remaining = self.req_remaining
-            size = len(data)
-            if size <= remaining:
-                self.req_remaining = remaining - size
-                self._send_up(data)
-                rest = None
+        ex = self.ex
+        try:
+            out = ex.request_body(data)
+        except ScanError as exc:
+            if ex.resp_started:
+                ex.fail(0)
+                self._cut("invalid chunked request body: %s" % exc.reason)
             else:
-                self.req_remaining = 0
-                self._send_up(data[:remaining])
-                rest = data[remaining:]
-            if self.req_remaining:
-                self.deadline = listener.loop.time() + listener.timeouts.client_idle
-                return
-        else:
-            dec = self.req_decoder
-            try:
-                payload = dec.feed(data)
-            except ScanError as exc:
-                if self.resp_started:
-                    self._abort_exchange("invalid chunked request body: %s" % exc.reason)
-                else:
-                    self._drop_upstream()
-                    self._client_error(exc.status, exc.reason)
-                return
-            if payload:
-                self._send_up(chunk_prefix(len(payload)) + payload + CRLF)
-            if not dec.done:
-                self.deadline = listener.loop.time() + listener.timeouts.client_idle
-                return
-            self._send_up(LAST_CHUNK)
-            rest = data[len(data) - dec.leftover:] if dec.leftover else None
+                self._client_error(exc.status, exc.reason)
+            return
+        if out and self.session.send(out):
+            self.flow.pause(PAUSE_PENDING)
+        listener = self.listener
+        if not ex.req_done:
+            listener.wheel.extend(self.timer, listener.loop.time() + listener.timeouts.client_idle)
+            return
         # request body complete
-        self.req_done = True
+        rest = ex.rest
         if rest:
+            ex.rest = None
             self.buf += rest
         if self.state == BODY:
             self.state = WAIT
-            if self.rstate == R_HEAD:
-                self._set_deadline(T_RESPONSE, listener.timeouts.response)
-            elif self.rstate == R_BODY:
-                self.deadline_kind = T_RESPONSE
+            listener.wheel.cancel(self.timer)
+            if ex.rstate == R_HEAD:
+                self.session.arm_response(listener.loop.time())
 
     # -------------------------------------------------------------- phase: respond
     def on_upstream_data(self, data):
-        rstate = self.rstate
         if self.state == TUNNEL:
             self.transport.write(data)
-            self.deadline = self.listener.loop.time() + self.listener.timeouts.tunnel
-        elif rstate == R_BODY:
-            self._response_body(data)
+            listener = self.listener
+            listener.wheel.extend(self.timer, listener.loop.time() + listener.timeouts.tunnel)
+            return
+        ex = self.ex
+        if ex is None:
+            return
+        rstate = ex.rstate
+        if rstate == R_BODY:
+            try:
+                out = ex.response_body(data)
+            except ScanError as exc:
+                ex.fail(0)
+                self._cut("invalid chunked response from backend: %s" % exc.reason)
+                return
+            if out:
+                self.transport.write(out)
+            if ex.outcome == COMPLETE:
+                self._complete()
+            else:
+                self.session.touch_response(self.listener.loop.time())
         elif rstate == R_HEAD:
-            self.resp_seen = True
+            ex.resp_seen = True
             self.rbuf += data
             self._read_response_heads()
-        else:
-            self._drop_upstream()
 
     def _read_response_heads(self):
         rsc = self.rscanner
         rbuf = self.rbuf
+        ex = self.ex
         while True:
             try:
                 n = rsc.scan(rbuf)
@@ -547,258 +413,212 @@ class ProxyConnection(DownstreamProtocol):
                 return
             status = rsc.status
             if status >= 200:
-                self._response_head(n)
-                return
+                break
             if status == 101:
                 self._switch_protocols(n)
                 return
             # 1xx interim (100 Continue, 103 Early Hints): relayed to HTTP/1.1 clients
             # (RFC 9110 §15.2: a proxy MUST forward 1xx unless the client is HTTP/1.0).
-            if self.req_minor == 1:
+            if ex.minor == 1:
                 self.transport.write(rsc.build_downstream_head(rbuf, b"", False))
             del rbuf[:n]
+        listener = self.listener
+        if self.session.pool.measure_latency:
+            self.session.latency_sample(listener.loop.time())
+        out = ex.response_head(rsc, rbuf, n, listener.draining)
+        self.transport.write(out)
+        if ex.outcome == COMPLETE:
+            self._complete()
+        elif ex.req_done:  # the response body is in progress: its inactivity bound
+            self.session.arm_response(listener.loop.time())
 
     def _switch_protocols(self, n):
-        if not self.req_upgrade:
+        ex = self.ex
+        rsc = self.rscanner
+        rbuf = self.rbuf
+        if ex.upgrade is None:
             self._backend_failed(502, "backend answered 101 to a request that did not ask to upgrade")
             return
-        rbuf = self.rbuf
-        head = self.rscanner.build_downstream_head(rbuf, b"Connection: upgrade\r\n", True)
+        if not accepted_upgrade(rsc.header_value(rbuf, b"upgrade"), ex.upgrade):
+            self._backend_failed(502, "backend switched to a protocol the client did not offer")
+            return
+        head = rsc.build_downstream_head(rbuf, b"Connection: upgrade\r\n", True)
         rest = bytes(rbuf[n:])
         rbuf.clear()
-        self.transport.write(head)
-        if rest:
-            self.transport.write(rest)
+        self.transport.write(head + rest if rest else head)
         self.state = TUNNEL
-        self.rstate = R_NONE
-        self.resp_started = True
-        self.unblock_reading(BLOCK_PIPELINE)
+        ex.resp_started = True
+        ex.rstate = R_NONE
+        self.tunnel_eofs = 0
+        listener = self.listener
+        listener.wheel.cancel(self.session.timer)
+        self.flow.resume(PAUSE_PIPELINE)
         if self.buf:  # bytes the client sent after its upgrade request
-            self.upstream.transport.write(bytes(self.buf))
+            self.session.conn.transport.write(bytes(self.buf))
             self.buf.clear()
-        self._set_deadline(T_TUNNEL, self.listener.timeouts.tunnel)
+        listener.wheel.arm(self.timer, T_TUNNEL, listener.loop.time() + listener.timeouts.tunnel)
 
-    def _response_head(self, n):
-        rsc = self.rscanner
-        status = rsc.status
-        if self.pool.measure_latency:  # peak-EWMA sample: request sent -> response head
-            self.latency = self.listener.loop.time() - self.t_sent
-        if self.req_is_head or status == 204 or status == 304:
-            mode = M_NONE
-        elif rsc.chunked:
-            mode = M_CHUNKED
-            self.r_decoder = ChunkedDecoder()
-        elif rsc.content_length >= 0:
-            mode = M_LENGTH
-            self.r_remaining = rsc.content_length
-        else:
-            mode = M_CLOSE
-        self.r_mode = mode
-        client11 = self.req_minor == 1
-        close_after = not self.req_keep_alive or self.draining or self.client_eof or not self.req_done
-        extra = b""
-        if mode == M_CHUNKED or mode == M_CLOSE:
-            if client11:
-                # Re-framed as chunked so the client connection stays reusable.
-                self.rechunk = True
-                extra = b"Transfer-Encoding: chunked\r\n"
-            else:
-                close_after = True  # HTTP/1.0 client: the close delimits the body
-        if close_after:
-            extra += b"Connection: close\r\n"
-        elif not client11:
-            extra += b"Connection: keep-alive\r\n"
-        self.close_after = close_after
-        self.up_reusable = rsc.keep_alive and mode != M_CLOSE
-        rbuf = self.rbuf
-        head = rsc.build_downstream_head(rbuf, extra, False)
-        self.resp_started = True
-        self.rstate = R_BODY
-        size = len(rbuf) - n
-        if mode == M_LENGTH and size:
-            # The common REST case: head and (part of) the body arrived together;
-            # they leave in one write, one syscall.
-            remaining = self.r_remaining
-            take = size if size < remaining else remaining
-            self.transport.write(head + rbuf[n:n + take])
-            self.r_remaining = remaining - take
-            rbuf.clear()
-            if take == remaining:
-                self._response_done(size > take)
-                return
-        else:
-            self.transport.write(head)
-            rest = bytes(rbuf[n:]) if size else None
-            rbuf.clear()
-            if mode == M_NONE or (mode == M_LENGTH and self.r_remaining == 0):
-                self._response_done(rest is not None)
-                return
-            if rest is not None:
-                self._response_body(rest)
-                if self.rstate != R_BODY:
-                    return
-        if self.req_done:  # the response body is in progress: its inactivity bound
-            self._set_deadline(T_RESPONSE, self.listener.timeouts.response)
-
-    def _response_body(self, data):
-        mode = self.r_mode
-        write = self.transport.write
-        if mode == M_LENGTH:
-            remaining = self.r_remaining
-            size = len(data)
-            if size < remaining:
-                self.r_remaining = remaining - size
-                write(data)
-            else:
-                self.r_remaining = 0
-                write(data if size == remaining else data[:remaining])
-                self._response_done(size > remaining)
-                return
-        elif mode == M_CHUNKED:
-            dec = self.r_decoder
-            try:
-                payload = dec.feed(data)
-            except ScanError as exc:
-                self._abort_exchange("invalid chunked response from backend: %s" % exc.reason)
-                return
-            if payload:
-                if self.rechunk:
-                    self.transport.writelines((chunk_prefix(len(payload)), payload, CRLF))
-                else:
-                    write(payload)
-            if dec.done:
-                if self.rechunk:
-                    write(LAST_CHUNK)
-                self._response_done(dec.leftover > 0)
-                return
-        else:  # M_CLOSE: everything until the backend closes
-            if self.rechunk:
-                self.transport.writelines((chunk_prefix(len(data)), data, CRLF))
-            else:
-                write(data)
-        if self.deadline_kind == T_RESPONSE:
-            self.deadline = self.listener.loop.time() + self.listener.timeouts.response
-
-    # --------------------------------------------------------------- phase: finish
-    def _response_done(self, leftover):
-        conn = self.upstream
-        self.upstream = None
-        if conn is not None:
-            if self.up_reusable and not leftover and self.req_done:
-                release(conn, self.listener.loop.time(), self.listener.limits.max_idle_per_backend)
-            else:
-                conn.peer = None
-                conn.close()
-        self._clear_backend()
-        self.rstate = R_NONE
-        if self.close_after or self.client_eof:
-            self.close()
-            return
-        self._next_request()
-
-    def _next_request(self):
-        self._reset_request()
-        self.state = HEAD
-        self.unblock_reading(BLOCK_PIPELINE)
-        if self.draining and not self.buf:
-            self.close()
-            return
-        if self.buf:
-            self._set_deadline(T_HEADER, self.listener.timeouts.client_header)
-            self._read_heads()
-        else:
-            self._set_deadline(T_IDLE, self.listener.timeouts.client_idle)
+    def on_upstream_eof(self):
+        """The backend's FIN. In a tunnel it is relayed as a half-close; otherwise our
+        side closes too and ``on_upstream_lost`` decides what the end means."""
+        if self.state != TUNNEL:
+            return False
+        self.tunnel_eofs |= EOF_BACKEND
+        if self.phase == OPEN and self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.tunnel_eofs == EOF_CLIENT | EOF_BACKEND:
+            self._end_tunnel()
+            return False
+        return True
 
     def on_upstream_lost(self, conn, exc):
-        if conn is not self.upstream:
+        session = self.session
+        if conn is not session.conn:
             return
-        self.upstream = None
+        session.conn = None
         if self.state == TUNNEL:
-            self._clear_backend()
-            self.close()
-            return
-        if self.rstate == R_BODY:
-            if self.r_mode == M_CLOSE:
-                if self.rechunk:
-                    self.transport.write(LAST_CHUNK)
-                self._response_done(False)
+            if conn.eof and self.tunnel_eofs & EOF_CLIENT:
+                self._end_tunnel()
             else:
-                self._abort_exchange("backend closed the connection in the middle of the response body")
+                self._end_tunnel(abort=True)  # reset, or closed with the client still sending
             return
-        if self.rstate == R_HEAD and not self.resp_seen and conn.reused and not self.req_has_body \
-                and self.req_idempotent and not self.fresh_only:
+        ex = self.ex
+        if ex is None:
+            return
+        if ex.rstate == R_BODY:
+            out = ex.upstream_closed(conn.eof and exc is None)
+            if ex.outcome == COMPLETE:
+                if out:
+                    self.transport.write(out)
+                self._complete()
+            else:
+                self._cut("backend closed the connection in the middle of the response body")
+            return
+        if ex.rstate == R_HEAD and not ex.resp_seen and conn.reused and not ex.req_has_body \
+                and ex.idempotent and session.retry_race():
             # The keep-alive race: the backend closed an idle connection just as we
-            # reused it. Nothing was answered; resend on a new connection once.
-            self.fresh_only = True
-            self._connect(self.backend)
+            # reused it. Nothing was answered; resent on a new connection, once.
+            ex.rstate = R_NONE
             return
-        if self.backend is not None:
-            self.backend.failures_total += 1
+        backend = session.backend
+        if backend is not None:
+            backend.failures_total += 1
         if self.rbuf:
             self._fail(502, "backend closed the connection in the middle of the response head")
         else:
             self._fail(502, "backend closed the connection before responding")
 
-    # ---------------------------------------------------------------- failures
-    def _drop_upstream(self):
-        conn = self.upstream
-        if conn is not None:
-            self.upstream = None
-            conn.abort()
-        task = self.connect_task
-        if task is not None:
-            self.connect_task = None
-            task.cancel()
-        self.up_deadline = 0.0
-        self.rbuf.clear()
-
-    def _backend_failed(self, status, reason):
-        if self.backend is not None:
-            self.backend.failures_total += 1
-        self._drop_upstream()
-        self._fail(status, reason)
-
-    def _abort_exchange(self, reason):
-        """A failure after the response started: the client can only see a close."""
-        log.warning("%s %s: %s (request_id=%s)", self.req_method.decode("latin-1"),
-                    self.req_target.decode("latin-1"), reason, self.request_id.decode("latin-1"))
-        self._drop_upstream()
-        self._clear_backend()
-        self.abort()
+    # --------------------------------------------------------------- phase: finish
+    def _complete(self):
+        """Outcome COMPLETE: the response was relayed whole. (A response that ends
+        before the request body did closes the client connection: keep_client says
+        so, and the lingering close discards the rest of the body.)"""
+        ex = self.ex
+        self._end_exchange(NEXT if ex.keep_client(self.listener.draining) else CLOSE, reuse=ex.reuse_upstream())
 
     def _fail(self, status, reason):
-        """Answer the current request with a JSON error (502/503/504/404...)."""
-        if self.resp_started:
-            self._abort_exchange(reason)
+        """The exchange cannot complete: a JSON error if nothing was answered yet,
+        else the client connection is reset (the response was cut)."""
+        outcome = self.ex.fail(status)
+        if outcome == CUT:
+            self._cut(reason)
+        elif outcome == REFUSED:
+            self._refuse(reason)
+
+    def _backend_failed(self, status, reason):
+        backend = self.session.backend
+        if backend is not None:
+            backend.failures_total += 1
+        self._fail(status, reason)
+
+    def _refuse(self, reason):
+        """Outcome REFUSED: answer with fastlb's own status, then keep or close."""
+        ex = self.ex
+        status = ex.status
+        backend = self.session.backend
+        log.warning("%d %s %s: %s (backend=%s request_id=%s)", status, ex.method.decode("latin-1"),
+                    ex.target.decode("latin-1"), reason, backend.address if backend is not None else "-",
+                    ex.request_id.decode("latin-1"))
+        keep = ex.keep_client(self.listener.draining)
+        self._write_error(status, reason, not keep)
+        self._end_exchange(NEXT if keep else CLOSE, abort=True)
+
+    def _refuse_early(self, status, reason):
+        """A request answered before any backend is involved (404, 405, 503). Its
+        body is never read, so keep_client closes the connection if it has one."""
+        self.ex.fail(status)
+        self._refuse(reason)
+
+    def _cut(self, reason):
+        """Outcome CUT: the client has part of a response; only a reset is honest."""
+        ex = self.ex
+        log.warning("%s %s: %s (request_id=%s)", ex.method.decode("latin-1"), ex.target.decode("latin-1"),
+                    reason, ex.request_id.decode("latin-1"))
+        self._end_exchange(RESET, abort=True)
+
+    def _end_exchange(self, then, reuse=False, abort=False):
+        """The one place an exchange ends: the session (connection pooled, closed or
+        reset; load given back), the exchange's read pauses, then ``then``: NEXT
+        request, CLOSE the client connection (lingering), or RESET it."""
+        self.session.finish(self.listener.loop.time(), reuse=reuse, abort=abort)
+        self.flow.resume(EXCHANGE_PAUSES)
+        self.ex = None
+        self.rbuf.clear()
+        self.state = HEAD
+        if then == RESET:
+            self.abort_client()
+        elif self.phase != OPEN:
             return
-        backend = self.backend.address if self.backend is not None else "-"
-        self._drop_upstream()
-        self._clear_backend()
-        log.warning("%d %s %s: %s (backend=%s request_id=%s)", status, self.req_method.decode("latin-1"),
-                    self.req_target.decode("latin-1"), reason, backend, self.request_id.decode("latin-1"))
-        close = not self.req_done or not self.req_keep_alive or self.draining or self.client_eof
-        self._write_error(status, reason, close)
-        if close:
-            self.close()
+        elif then == CLOSE:
+            self.close_client()
         else:
             self._next_request()
 
+    def _next_request(self):
+        self.state = HEAD
+        self.flow.resume(PAUSE_PIPELINE)
+        if self.buf:
+            listener = self.listener
+            listener.wheel.arm(self.timer, T_HEADER, listener.loop.time() + listener.timeouts.client_header)
+            self._read_heads()
+        elif self.client_eof or self.listener.draining:
+            self.close_client()
+        else:
+            listener = self.listener
+            listener.wheel.arm(self.timer, T_IDLE, listener.loop.time() + listener.timeouts.client_idle)
+
+    def _end_tunnel(self, abort=False):
+        """Both directions of a tunnel ended (or its deadline passed): close both
+        sides; ``abort`` (a reset on one side) resets the other."""
+        ex = self.ex
+        if ex is not None:
+            ex.outcome = CUT if abort else COMPLETE
+        self._end_exchange(RESET if abort else CLOSE, abort=abort)
+
+    # ---------------------------------------------------------------- failures
     def _client_error(self, status, reason):
         """Reject the client's request: status + JSON, connection closed, nothing forwarded."""
-        if self.state == CLOSED:
+        if self.phase != OPEN:
             return
         log.info("%d from client %s: %s", status, self.client_ip.decode("latin-1"), reason)
-        if not self.resp_started:
+        ex = self.ex
+        if ex is not None:
+            if ex.resp_started:
+                ex.fail(0)
+                self._cut(reason)
+                return
+            ex.fail(status)
             self._write_error(status, reason, True)
-        self.close()
+            self._end_exchange(CLOSE, abort=True)
+        else:
+            self._write_error(status, reason, True)
+            self.close_client()
 
     def _write_error(self, status, reason, close):
-        rid = self.request_id.decode("latin-1") if self.request_id else self.listener.next_request_id().decode()
-        body = json.dumps({"error": reason, "request_id": rid}).encode() + b"\n"
-        head = (
-            "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            "X-Request-ID: %s\r\n%s\r\n" % (status, REASONS.get(status, "Error"), len(body), rid,
-                                             "Connection: close\r\n" if close else "")
-        ).encode("latin-1")
-        self.transport.write(head + body)
-        self.resp_started = True
+        ex = self.ex
+        rid = ex.request_id if ex is not None else self.listener.next_request_id()
+        body = json.dumps({"error": reason, "request_id": rid.decode("latin-1")}).encode() + b"\n"
+        self.transport.write(error_response(status, REASONS.get(status, "Error").encode(), body, rid,
+                                            ex is not None and ex.is_head, close))
+        if ex is not None:
+            ex.resp_started = True

@@ -2,14 +2,19 @@
 
 ``Server`` turns a validated ``model.Config`` into running parts: one
 ``balancer.Pool`` per pool, one asyncio server per listener (protocol
-``proxy.ProxyConnection``), the admin listener, and one timer tick that checks
-every connection's deadline and sweeps idle backend connections (one timer for
-the process, not one per request; its period is a quarter of the shortest
-timeout, between 50 ms and 1 s).
+``proxy.ProxyConnection``), the admin listener, one timer wheel (timers.py) that
+every connection's deadlines live on, and one tick that expires the wheel and
+sweeps idle backend connections (one loop timer for the process, not one per
+request; its period is a quarter of the shortest timeout, between 50 ms and 1 s;
+it reschedules itself before doing any work, so nothing a callback raises can
+stop it). Backend host names are resolved before the listeners open, and again
+every ``timeouts.dns_refresh`` seconds.
 
 SIGTERM and SIGINT drain: listeners stop accepting, idle client connections are
 closed, in-flight requests finish (their responses carry ``Connection: close``)
-for up to ``timeouts.drain`` seconds, then what is left is closed and the
+for up to ``timeouts.drain`` seconds. A connection counts as gone only when its
+transport has flushed and closed (``connection_lost``), so a finished response
+still in a buffer is delivered before exit. Then what is left is reset and the
 process exits 0.
 """
 
@@ -20,9 +25,10 @@ import signal
 
 from . import _core
 from .balancer import Pool
-from .http1 import authority_of, path_of, split_host
-from .proxy import ProxyConnection
-from .upstream import sweep_idle
+from .http1 import path_of, split_host
+from .proxy import HEAD, ProxyConnection
+from .timers import Wheel
+from .upstream import is_ip, resolve_backends, sweep_idle
 
 log = logging.getLogger("fastlb")
 
@@ -50,8 +56,7 @@ class Router:
     def route(self, host, target):
         if self.only is not None:
             return self.only
-        if not host:  # HTTP/1.0 absolute-form without Host: the target names the host
-            host = authority_of(target)
+        # ``host`` is the scanner's: Host, or an absolute-form target's authority
         name = split_host(host) if host else b""
         path = path_of(target)
         for rhost, wildcard, prefix, pool in self.routes:
@@ -69,10 +74,10 @@ class ListenerRuntime:
 
     __slots__ = (
         "spec", "loop", "router", "timeouts", "limits", "connections", "draining",
-        "extra_proto", "server", "address", "_rid_prefix", "_rid_counter",
+        "extra_proto", "server", "address", "wheel", "upgrade_protocols", "_rid_prefix", "_rid_counter",
     )
 
-    def __init__(self, spec, loop, pools, timeouts, limits):
+    def __init__(self, spec, loop, pools, timeouts, limits, wheel):
         self.spec = spec
         self.loop = loop
         self.router = Router(spec.routes, pools)
@@ -81,6 +86,8 @@ class ListenerRuntime:
         self.connections = set()
         self.draining = False
         self.extra_proto = b"X-Forwarded-Proto: http\r\n"
+        self.wheel = wheel
+        self.upgrade_protocols = frozenset(p.lower().encode("ascii") for p in spec.upgrade_protocols)
         self.server = None
         self.address = None
         # Request ids: 20 random hex digits per process + a 12-digit counter:
@@ -108,13 +115,18 @@ class Server:
         self._tick_handle = None
         self._stopped = asyncio.Event()
         self._drain_task = None
+        self._resolve_task = None
         t = config.timeouts
-        shortest = min(t.client_header, t.client_idle, t.connect, t.response, t.upstream_idle, t.tunnel)
+        shortest = min(t.client_header, t.client_idle, t.connect, t.response, t.upstream_idle, t.tunnel,
+                       t.send, t.linger)
         self.tick_interval = max(0.05, min(1.0, shortest / 4))
+        self.wheel = Wheel(self.tick_interval, self.loop.time())
+        self.backends = [b for pool in self.pools.values() for b in pool.backends]
 
     async def start(self):
+        await resolve_backends(self.loop, self.backends)
         for spec in self.config.listeners:
-            rt = ListenerRuntime(spec, self.loop, self.pools, self.config.timeouts, self.config.limits)
+            rt = ListenerRuntime(spec, self.loop, self.pools, self.config.timeouts, self.config.limits, self.wheel)
             rt.server = await self.loop.create_server(
                 lambda rt=rt: ProxyConnection(rt), spec.bind.host, spec.bind.port,
                 reuse_address=True, backlog=1024,
@@ -128,15 +140,23 @@ class Server:
             self.admin = AdminServer(self)
             await self.admin.start(self.config.admin.bind.host, self.config.admin.bind.port)
         self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+        if not all(is_ip(b.host) for b in self.backends):
+            self._resolve_task = self.loop.create_task(self._refresh_names())
 
     def _tick(self):
-        now = self.loop.time()
-        for rt in self.listeners:
-            for conn in list(rt.connections):
-                conn.on_tick(now)
-        backends = [b for pool in self.pools.values() for b in pool.backends]
-        sweep_idle(backends, now, self.config.timeouts.upstream_idle)
+        # Rescheduled first: an exception below cannot stop every deadline.
         self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+        now = self.loop.time()
+        self.wheel.expire(now)  # each callback guarded on its own
+        try:
+            sweep_idle(self.backends, now, self.config.timeouts.upstream_idle)
+        except Exception:
+            log.exception("idle connection sweep failed")
+
+    async def _refresh_names(self):
+        while True:
+            await asyncio.sleep(self.config.timeouts.dns_refresh)
+            await resolve_backends(self.loop, self.backends)
 
     def describe(self):
         lines = []
@@ -166,9 +186,8 @@ class Server:
             rt.draining = True
             rt.server.close()
             for conn in list(rt.connections):
-                conn.draining = True
-                if conn.state == 0 and not conn.buf:  # proxy.HEAD and idle
-                    conn.close()
+                if conn.state == HEAD and conn.ex is None and not conn.buf:  # idle between requests
+                    conn.close_client()
         deadline = self.loop.time() + self.config.timeouts.drain
         while any(rt.connections for rt in self.listeners) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
@@ -177,13 +196,16 @@ class Server:
             log.warning("drain timeout: closing %d connection(s) still in flight", left)
             for rt in self.listeners:
                 for conn in list(rt.connections):
-                    conn.abort()
+                    conn.abort_client()
         await self.stop()
 
     async def stop(self):
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
+        if self._resolve_task is not None:
+            self._resolve_task.cancel()
+            self._resolve_task = None
         for rt in self.listeners:
             rt.server.close()
         if self.admin is not None:

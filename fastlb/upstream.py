@@ -1,31 +1,60 @@
-"""Backend-side protocol and keep-alive connection pools.
+"""The backend side: connections, keep-alive pools, the backend session, name resolution.
 
 ``UpstreamConnection`` is a thin asyncio protocol: it owns a transport and hands
-every event to its current ``peer`` (the client-side connection being served,
+every event to its current ``peer`` (the client connection being served,
 proxy.ProxyConnection) through fixed method names: ``on_upstream_data``,
-``on_upstream_lost``, ``on_upstream_pause``, ``on_upstream_resume``. It does
-no parsing.
+``on_upstream_eof``, ``on_upstream_lost``, ``on_upstream_pause``,
+``on_upstream_resume``. It does no parsing. ``eof`` records a clean end of stream
+(a FIN), which is what tells a complete close-delimited body from one cut by a
+reset.
+
+``BackendSession`` is one request's way to a backend (HAProxy's
+connect_server/redispatch): take an idle pooled connection or connect (the connect
+deadline on its own timer), queue body bytes while connecting, retry a failed
+connect on another backend (never the same one twice while another is usable),
+resend once on a fresh connection when a reused one dies before any response byte
+(the keep-alive race), bound the wait for the response (``timeouts.response``:
+to the head, then inactivity in the body) and, when the exchange ends, give the
+connection back to its pool or close it, and the backend's load back to the pool
+counters. Its owner (the client connection) is told ``on_session_attached`` and
+``on_session_failed(status, reason)``; ``on_response_timeout`` when the response
+deadline passes.
 
 Pooling (per backend, ``Backend.idle``, most recently used last): a connection is
-released to the pool only after a complete response with no leftover bytes and
-a complete request body (proxy.py decides that). An idle connection that
-receives bytes or is closed by the backend is dropped at once. At most
-``max_idle`` per backend are kept; ``sweep_idle`` closes those idle longer than
-the idle timeout (called from the server's timer tick, so no timer per
-connection).
+released only after a complete exchange with no leftover bytes (http1.Exchange
+decides). An idle connection that receives bytes or is closed by the backend is
+dropped at once. At most ``max_idle`` per backend are kept; ``sweep_idle`` closes
+those idle longer than the idle timeout (from the server's tick).
+
+Backend host names are resolved when the configuration is loaded and again every
+``timeouts.dns_refresh`` seconds (``resolve_backends``), never per connection:
+``Backend.addr`` is what a connect uses.
 """
 
 import asyncio
+import functools
+import ipaddress
+import logging
+import socket
 
-__all__ = ["UpstreamConnection", "acquire", "release", "sweep_idle", "WRITE_HIGH_WATER"]
+from .timers import Timer
+
+__all__ = ["UpstreamConnection", "BackendSession", "acquire", "release", "sweep_idle", "resolve_backends",
+           "is_ip", "WRITE_HIGH_WATER"]
+
+log = logging.getLogger("fastlb.upstream")
 
 # Transport write-buffer high-water mark (bytes) for both sides: above it the
 # other side stops reading (backpressure); the low mark is a quarter of it.
 WRITE_HIGH_WATER = 256 * 1024
 
+# Session timer kinds.
+T_CONNECT = 1  # TCP connect to the backend
+T_RESPONSE = 2  # request sent -> response head; then inactivity in the response body
+
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("transport", "backend", "peer", "idle_since", "closed", "reused")
+    __slots__ = ("transport", "backend", "peer", "idle_since", "closed", "reused", "eof", "read_paused")
 
     def __init__(self, backend):
         self.backend = backend
@@ -34,6 +63,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self.reused = False
+        self.eof = False
+        self.read_paused = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -48,7 +79,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
 
     def eof_received(self):
-        return False  # close our side too; the peer sees connection_lost
+        self.eof = True
+        peer = self.peer
+        if peer is not None:
+            return peer.on_upstream_eof()  # True keeps our side open (a tunnel's half-close)
+        return False
 
     def connection_lost(self, exc):
         self.closed = True
@@ -69,8 +104,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self.peer is not None:
             self.peer.on_upstream_resume()
 
+    def pause_reading(self):
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self):
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
     def close(self):
         self.closed = True
+        self.peer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -103,7 +149,7 @@ def release(conn, now, max_idle):
         conn.close()
         return
     conn.idle_since = now
-    conn.transport.resume_reading()
+    conn.resume_reading()  # an idle connection must see the backend's FIN at once
     idle.append(conn)
 
 
@@ -115,3 +161,222 @@ def sweep_idle(backends, now, idle_timeout):
         # Oldest first: the list is ordered by release time.
         while idle and idle[0].idle_since <= limit:
             idle.pop(0).close()
+
+
+class BackendSession:
+    """One request's way to a backend; reused for every request of a client connection."""
+
+    __slots__ = ("owner", "listener", "timer", "pool", "backend", "key", "conn", "task", "head",
+                 "attempts", "tried", "fresh_only", "pending", "pending_bytes", "t_sent", "latency")
+
+    def __init__(self, owner, listener):
+        self.owner = owner
+        self.listener = listener
+        self.timer = Timer(self)
+        self.pool = None
+        self.backend = None
+        self.conn = None
+        self.task = None
+        self._reset()
+
+    def _reset(self):
+        self.key = None
+        self.head = None
+        self.attempts = 0
+        self.tried = None
+        self.fresh_only = False
+        self.pending = None
+        self.pending_bytes = 0
+        self.t_sent = 0.0
+        self.latency = -1.0
+
+    # ------------------------------------------------------------------ start
+    def start(self, pool, backend, key, head):
+        """Send ``head`` (then the body given to ``send``) to ``backend`` of ``pool``."""
+        self.pool = pool
+        self.key = key
+        self.head = head
+        self._use(backend)
+        self._connect()
+
+    def _use(self, backend):
+        self.backend = backend
+        self.pool.started(backend)
+
+    def _unuse(self, now):
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            if self.latency >= 0:
+                self.pool.finished(backend, self.latency, now)
+            else:
+                self.pool.finished(backend)
+
+    def _connect(self):
+        backend = self.backend
+        conn = None if self.fresh_only else acquire(backend)
+        if conn is not None:
+            self._attach(conn)
+            return
+        listener = self.listener
+        listener.wheel.arm(self.timer, T_CONNECT, listener.loop.time() + listener.timeouts.connect)
+        task = asyncio.ensure_future(listener.loop.create_connection(
+            functools.partial(UpstreamConnection, backend), backend.addr, backend.port))
+        self.task = task
+        task.add_done_callback(self._on_connected)
+
+    def _on_connected(self, task):
+        if task is not self.task:
+            # Superseded (client gone, or the request already answered): discard.
+            if not task.cancelled() and task.exception() is None:
+                task.result()[0].close()
+            return
+        self.task = None
+        self.listener.wheel.cancel(self.timer)
+        backend = self.backend
+        if task.cancelled():
+            self._connect_failed(504, "connect to %s timed out after %gs" % (
+                backend.address, self.listener.timeouts.connect))
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._connect_failed(502, "connect to %s failed: %s" % (
+                backend.address, getattr(exc, "strerror", None) or exc))
+            return
+        self._attach(task.result()[1])
+
+    def _connect_failed(self, status, reason):
+        backend = self.backend
+        backend.failures_total += 1
+        log.warning("backend %s: %s", backend.address, reason)
+        pool = self.pool
+        if self.attempts < pool.retries:
+            # Nothing reached the backend: safe to try another one, body included
+            # (it is still queued in self.pending, the client's reading paused at the mark).
+            self.attempts += 1
+            if self.tried is None:
+                self.tried = set()
+            self.tried.add(backend.index)
+            nxt = pool.pick_excluding(self.tried, self.key)
+            if nxt is not None:
+                self._unuse(self.listener.loop.time())
+                self._use(nxt)
+                self._connect()
+                return
+        self.owner.on_session_failed(status, reason)
+
+    def _attach(self, conn):
+        self.conn = conn
+        owner = self.owner
+        conn.peer = owner
+        transport = conn.transport
+        transport.write(self.head)
+        if self.pool.measure_latency:
+            self.t_sent = self.listener.loop.time()
+        if self.pending is not None:
+            transport.writelines(self.pending)
+            self.pending = None
+            self.pending_bytes = 0
+        owner.on_session_attached(conn)
+
+    def retry_race(self):
+        """The keep-alive race: the backend closed a reused idle connection just as
+        we sent on it. Resend on a new connection, once. False when not allowed."""
+        if self.fresh_only or self.backend is None:
+            return False
+        self.fresh_only = True
+        self.conn = None
+        self._connect()
+        return True
+
+    # --------------------------------------------------------------- request
+    def send(self, data):
+        """Body bytes toward the backend; True when bytes queue beyond the mark
+        (still connecting) and the client's reading should pause."""
+        conn = self.conn
+        if conn is not None:
+            conn.transport.write(data)
+            return False
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        return self.pending_bytes > WRITE_HIGH_WATER
+
+    # -------------------------------------------------------------- response
+    def arm_response(self, now):
+        listener = self.listener
+        listener.wheel.arm(self.timer, T_RESPONSE, now + listener.timeouts.response)
+
+    def touch_response(self, now):
+        """Response bytes arrived: push the inactivity deadline back."""
+        if self.timer.kind == T_RESPONSE:
+            self.listener.wheel.extend(self.timer, now + self.listener.timeouts.response)
+
+    def suspend_response(self):
+        """The client is not reading: the backend is not the one stalling."""
+        if self.timer.kind == T_RESPONSE:
+            self.listener.wheel.cancel(self.timer)
+
+    def on_timer(self, timer, kind, now):
+        if kind == T_CONNECT:
+            task = self.task
+            if task is not None:
+                task.cancel()  # _on_connected sees the cancellation: connect timeout
+        elif kind == T_RESPONSE:
+            self.owner.on_response_timeout()
+
+    # ------------------------------------------------------------------- end
+    def finish(self, now, reuse=False, abort=False):
+        """The exchange ended: the connection back to its pool (``reuse``), closed,
+        or reset (``abort``: the exchange failed, the backend must not take a
+        half-sent request as whole); a connect in progress abandoned; the
+        backend's load given back. Safe to call more than once."""
+        self.listener.wheel.cancel(self.timer)
+        task = self.task
+        if task is not None:
+            self.task = None
+            task.cancel()
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            if reuse:
+                release(conn, now, self.listener.limits.max_idle_per_backend)
+            elif abort:
+                conn.abort()
+            else:
+                conn.close()
+        self._unuse(now)
+        self._reset()
+
+    def latency_sample(self, now):
+        """Peak-EWMA sample: request sent -> response head."""
+        self.latency = now - self.t_sent
+
+
+def is_ip(host):
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+async def resolve_backends(loop, backends):
+    """Resolve backend host names once (``Backend.addr``); on failure keep the last
+    address (or the name, so a connect fails with the resolver's error) and log."""
+    for backend in backends:
+        if is_ip(backend.host):
+            backend.addr = backend.host
+            continue
+        try:
+            infos = await loop.getaddrinfo(backend.host, backend.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            log.warning("backend %s: cannot resolve %s: %s", backend.address, backend.host, exc)
+            continue
+        if infos:
+            addr = infos[0][4][0]
+            if addr != backend.addr:
+                if backend.addr != backend.host:
+                    log.info("backend %s: %s now resolves to %s", backend.address, backend.host, addr)
+                backend.addr = addr

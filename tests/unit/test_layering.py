@@ -22,6 +22,8 @@ FORBIDDEN = {
     "model": {"config", "balancer", "proxy", "server", "cli", "upstream", "downstream", "admin"},
     "config": {"balancer", "proxy", "server", "cli", "upstream", "downstream", "admin"},
     "balancer": {"proxy", "server", "cli", "upstream", "downstream", "admin", "config"},
+    "timers": {"errors", "model", "config", "balancer", "http1", "proxy", "server", "cli", "upstream", "downstream",
+               "admin"},
     "upstream": {"proxy", "server", "cli", "downstream", "admin"},
     "downstream": {"proxy", "server", "cli", "admin"},
     "proxy": {"server", "cli", "admin"},
@@ -63,7 +65,7 @@ def test_dependency_direction(module):
 
 
 @pytest.mark.parametrize("path", sorted((PKG / "_core").glob("*.py")) + sorted((PKG / "_core").glob("*.pyx"))
-                         + [PKG / "balancer.py", PKG / "http1.py"], ids=lambda p: p.name)
+                         + [PKG / "balancer.py", PKG / "http1.py", PKG / "timers.py"], ids=lambda p: p.name)
 def test_kernels_are_sans_io_and_self_contained(path):
     text = path.read_text()
     if path.suffix == ".pyx":
