@@ -54,7 +54,7 @@ class AdminServer:
                 request, body = await self._read_request(conn, reader)
                 if request is None:
                     break
-                status, payload = self.dispatch(request.method.decode(), request.target.decode("latin-1"), body)
+                status, payload = self._answer(request.method.decode("latin-1"), request.target.decode("latin-1"), body)
                 data = json.dumps(payload, indent=2).encode() + b"\n"
                 headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
                 writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
@@ -88,6 +88,17 @@ class AdminServer:
             elif isinstance(event, h11.ConnectionClosed):
                 return None, b""
 
+    def _answer(self, method, target, body):
+        """dispatch(), with any bad input a 400 and any bug a 500: always a JSON answer,
+        never a dropped connection."""
+        try:
+            return self.dispatch(method, target, body)
+        except BadRequest as exc:
+            return 400, {"error": str(exc)}
+        except Exception as exc:
+            log.exception("admin: %s %s failed", method, target)
+            return 500, {"error": "internal error: %s" % exc.__class__.__name__}
+
     def dispatch(self, method, target, body):
         path, _, query = target.partition("?")
         path = path.rstrip("/") or "/"
@@ -118,9 +129,10 @@ class AdminServer:
             if len(rest) == 2 and method == "GET":
                 return 200, pool.as_dict(self.server.loop.time())
             if len(rest) == 3 and rest[2] == "explain" and method == "GET":
-                params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
-                key = params.get("key", params.get("ip"))
-                return 200, pool.explain(key.encode("latin-1") if key is not None else None, self.server.loop.time())
+                key = query_bytes(query, "key")
+                if key is None:
+                    key = query_bytes(query, "ip")
+                return 200, pool.explain(key, self.server.loop.time())
             if len(rest) == 5 and rest[2] == "backends" and rest[4] == "weight":
                 if method != "POST":
                     return 405, {"error": "use POST"}
@@ -146,3 +158,27 @@ class AdminServer:
                 log.info("admin: %s %s/%s", rest[4], pool.name, backend.address)
                 return 200, pool.backend_dict(backend, self.server.loop.time())
         return 404, {"error": "not found: %s %s" % (method, path)}
+
+
+class BadRequest(ValueError):
+    """Admin input that cannot be understood: answered 400 with the message."""
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def query_bytes(query, name):
+    """The first value of ``name`` in a query string, percent-decoded to bytes
+    (RFC 3986 §2.1), or None. The key is the exact bytes a request would carry
+    (UTF-8 for text); a malformed escape such as ``%ZZ`` is a BadRequest."""
+    for part in query.split("&"):
+        k, _, v = part.partition("=")
+        if urllib.parse.unquote_plus(k) != name:
+            continue
+        i = v.find("%")
+        while i >= 0:
+            if len(v) < i + 3 or v[i + 1] not in _HEX or v[i + 2] not in _HEX:
+                raise BadRequest("malformed percent-encoding in query parameter %r" % name)
+            i = v.find("%", i + 3)
+        return urllib.parse.unquote_to_bytes(v.replace("+", " "))
+    return None
