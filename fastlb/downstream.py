@@ -155,14 +155,16 @@ class ClientConnection(asyncio.Protocol):
         """Arm the timer for the state the connection is in (subclass)."""
 
     # -- closing ----------------------------------------------------------------
-    def close_client(self):
-        """Close once everything written has reached the client (see module doc)."""
+    def close_client(self, linger=True):
+        """Close once everything written has reached the client (see module doc).
+        ``linger=False`` for a connection idle between requests: nothing of the
+        client's is expected, so a plain close (as nginx closes idle keep-alives)."""
         if self.phase != OPEN:
             return
         transport = self.transport
         listener = self.listener
         self.flow.reasons = 0
-        if self.client_eof or not transport.can_write_eof():
+        if self.client_eof or not linger or not transport.can_write_eof():
             self.phase = CLOSING
             pending = transport.get_write_buffer_size()
             transport.close()

@@ -193,13 +193,13 @@ class ProxyConnection(ClientConnection):
         timeouts = self.listener.timeouts
         if kind == T_IDLE:
             if self.state == HEAD and self.ex is None:
-                self.close_client()
+                self.close_client(linger=False)
         elif kind == T_HEADER:
             if self.state == HEAD and self.ex is None:
                 if self.buf:
                     self._client_error(408, "request head not received within %gs" % timeouts.client_header)
                 else:
-                    self.close_client()
+                    self.close_client(linger=False)
         elif kind == T_BODY:
             if self.state == BODY:
                 self._fail(408, "request body stalled for %gs" % timeouts.client_idle)

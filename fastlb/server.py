@@ -187,7 +187,7 @@ class Server:
             rt.server.close()
             for conn in list(rt.connections):
                 if conn.state == HEAD and conn.ex is None and not conn.buf:  # idle between requests
-                    conn.close_client()
+                    conn.close_client(linger=False)
         deadline = self.loop.time() + self.config.timeouts.drain
         while any(rt.connections for rt in self.listeners) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)

@@ -15,6 +15,7 @@ listeners:
         path_prefix: /v1
         pool: api
       - pool: web
+    upgrade_protocols: [websocket, Foo]
 pools:
   api:
     algorithm: round_robin
@@ -36,6 +37,9 @@ timeouts:
   upstream_idle: 30s
   tunnel: 1h
   drain: 5s
+  send: 3s
+  linger: 500ms
+  dns_refresh: 10s
 limits:
   max_request_line: 4KiB
   max_header_bytes: 32k
@@ -63,6 +67,8 @@ def test_full_document():
     t = cfg.timeouts
     assert (t.client_header, t.client_idle, t.connect, t.response, t.upstream_idle, t.tunnel, t.drain) == \
         (0.25, 2.0, 1.5, 60.0, 30.0, 3600.0, 5.0)
+    assert (t.send, t.linger, t.dns_refresh) == (3.0, 0.5, 10.0)
+    assert lst.upgrade_protocols == ("websocket", "foo")
     lim = cfg.limits
     assert (lim.max_request_line, lim.max_header_bytes, lim.max_header_fields, lim.max_idle_per_backend) == \
         (4096, 32768, 50, 8)
@@ -74,6 +80,8 @@ def test_defaults():
     assert cfg.timeouts.client_header == 10.0 and cfg.timeouts.response == 30.0
     assert cfg.limits.max_request_line == 8192 and cfg.limits.max_header_bytes == 65536
     assert cfg.limits.max_header_fields == 100
+    assert (cfg.timeouts.send, cfg.timeouts.linger, cfg.timeouts.dns_refresh) == (30.0, 5.0, 30.0)
+    assert cfg.listeners[0].upgrade_protocols == ("websocket",)
 
 
 def test_backend_address_error_names_key_path():
@@ -93,6 +101,17 @@ def test_backend_address_error_names_key_path():
     (("path_prefix: /v1", "path_prefix: v1"), "listeners[0].routes[0].path_prefix", "starting with '/'"),
     (("bind: 127.0.0.1:8080", "bind: 127.0.0.1:99999"), "listeners[0].bind", "port must be"),
     (("address: \"[::1]:9003\"", "address: \"::1:9003\""), "pools.web.backends[0].address", "brackets"),
+    # host patterns that could never match a Host are errors, not silent dead routes
+    (("host: api.example.com", "host: '*example.com'"), "listeners[0].routes[0].host", "*.domain"),
+    (("host: api.example.com", "host: .example.com"), "listeners[0].routes[0].host", "*.domain"),
+    (("host: api.example.com", "host: 'api.*.com'"), "listeners[0].routes[0].host", "*.domain"),
+    (("host: api.example.com", "host: '*.'"), "listeners[0].routes[0].host", "*.domain"),
+    (("upgrade_protocols: [websocket, Foo]", "upgrade_protocols: [websocket, h2c]"),
+     "listeners[0].upgrade_protocols", "h2c cannot be allowed"),
+    (("upgrade_protocols: [websocket, Foo]", "upgrade_protocols: websocket"),
+     "listeners[0].upgrade_protocols", "expected a list"),
+    (("send: 3s", "send: 0"), "timeouts.send", "greater than zero"),
+    (("linger: 500ms", "linger: long"), "timeouts.linger", "expected a duration"),
 ])
 def test_errors_name_the_key_path(edit, path, fragment):
     got = problems(GOOD.replace(*edit))
