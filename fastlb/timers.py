@@ -36,7 +36,7 @@ class Timer:
     def __init__(self, owner):
         self.owner = owner
         self.kind = 0
-        self.deadline = 0.0  # 0.0: not armed
+        self.deadline = None  # None: not armed (0.0 is a valid deadline)
         self.slot = 0  # the wheel slot it sits in, 0: none
 
 
@@ -73,7 +73,7 @@ class Wheel:
 
     def extend(self, timer, when):
         """Push an armed timer's deadline to ``when`` (same kind); free when later."""
-        if timer.deadline:
+        if timer.deadline is not None:
             if when >= timer.deadline:
                 timer.deadline = when
             else:
@@ -82,7 +82,7 @@ class Wheel:
     @staticmethod
     def cancel(timer):
         """Disarm; the slot entry is dropped lazily when its slot comes."""
-        timer.deadline = 0.0
+        timer.deadline = None
         timer.kind = 0
 
     def expire(self, now):
@@ -98,13 +98,13 @@ class Wheel:
             for timer in bucket:
                 timer.slot = 0
                 when = timer.deadline
-                if not when:
+                if when is None:
                     continue
                 if when > now:  # moved later since it was slotted
                     self.arm(timer, timer.kind, when)
                     continue
                 kind = timer.kind
-                timer.deadline = 0.0
+                timer.deadline = None
                 timer.kind = 0
                 fired += 1
                 try:

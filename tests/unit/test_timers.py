@@ -41,7 +41,7 @@ def test_fires_once_not_early_and_at_most_two_slots_late():
     assert len(o.fired) == 1
     kind, now = o.fired[0]
     assert kind == 7 and 1.0 <= now <= 1.0 + 2 * G + 1e-9
-    assert t.deadline == 0.0 and t.kind == 0
+    assert t.deadline is None and t.kind == 0
 
 
 def test_extend_later_is_free_and_fires_at_the_new_deadline():
@@ -178,3 +178,14 @@ def test_random_operations_fire_each_arming_once_on_time(steps):
                 for j in range(5):
                     if expect[j] is not None:
                         assert now <= expect[j] + 2 * G + G / 3 + 1e-9, "missed"
+
+
+def test_a_deadline_of_zero_is_armed_and_fires():
+    """Found by the model check in CI: a deadline of exactly 0.0 was taken for
+    "not armed" and never fired."""
+    w = Wheel(G, 0.0)
+    o = Owner()
+    t = Timer(o)
+    w.arm(t, 1, 0.0)
+    run(w, 0.0, 1.0)
+    assert len(o.fired) == 1 and o.fired[0][1] <= 2 * G + 1e-9
