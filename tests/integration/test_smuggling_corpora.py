@@ -24,7 +24,7 @@ import re
 import h11
 import pytest
 
-from tests.conftest import CORPORA
+from tests.conftest import CORPORA, REQUIRE_CORPORA
 from tests.integration.conftest import pool_doc
 from tests.support.backend import BackendServer
 from tests.support.fastlb_proc import FastlbProcess, recv_until_closed
@@ -44,6 +44,8 @@ MUST_REJECT = {
 def _load(name):
     path = CORPORA / name
     if not path.exists():
+        if REQUIRE_CORPORA:
+            raise FileNotFoundError("FASTLB_REQUIRE_CORPORA=1 but %s is missing" % path)
         return []
     return json.loads(path.read_text())
 
