@@ -8,9 +8,9 @@ source ci/env.sh
 
 ids=$( (cibuildwheel --platform linux --print-build-identifiers; cibuildwheel --platform macos --print-build-identifiers) | sort)
 echo "$ids"
-for py in cp310 cp311 cp312 cp313; do
+for cpy in cp310 cp311 cp312 cp313; do
   for plat in manylinux_x86_64 manylinux_aarch64 macosx_x86_64 macosx_arm64; do
-    grep -qx "$py-$plat" <<<"$ids" || { echo "missing build identifier $py-$plat" >&2; exit 1; }
+    grep -qx "$cpy-$plat" <<<"$ids" || { echo "missing build identifier $cpy-$plat" >&2; exit 1; }
   done
 done
 [ "$(wc -l <<<"$ids")" -eq 16 ] || { echo "unexpected extra build identifiers" >&2; exit 1; }
