@@ -866,3 +866,68 @@ def test_general_sigterm_every_byte_or_detectably_incomplete(fastlb, backends):
             bad.append(("small fast response not delivered", n, res["got"]))
     # a fast reader of a small response is always served in full
     assert not bad, bad
+
+
+# ------------------------------------------------------------------ the keep-alive race, at the exact moment
+def _race_backend(raw_backend):
+    """The first connection answers one request, then takes the whole next request
+    (head and body) and closes without answering: the backend closed an idle
+    kept-alive connection at the moment fastlb reused it. Later connections answer
+    every request. ``seen`` lists (connection index, request line) as received."""
+    seen = []
+    count = [0]
+    lock = threading.Lock()
+
+    def read_request(s, rec, buf):
+        head, rest = read_head(s, rec, buf)
+        n = int(header_value(head, b"content-length") or 0)
+        while len(rest) < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("request body cut")
+            rec["raw"] += chunk
+            rest += chunk
+        return head, rest[n:]
+
+    def handler(s, rec):
+        with lock:
+            index = count[0]
+            count[0] += 1
+        buf = b""
+        served = 0
+        while True:
+            try:
+                head, buf = read_request(s, rec, buf)
+            except ConnectionError:
+                return
+            seen.append((index, head.split(b"\r\n", 1)[0]))
+            if index == 0 and served == 1:
+                return  # accepted the bytes, closes without a word (the handler's finally)
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            served += 1
+
+    return raw_backend(handler), seen
+
+
+def test_keepalive_race_get_is_retried_once_on_a_new_connection(fastlb, raw_backend):
+    backend, seen = _race_backend(raw_backend)
+    proc = fastlb(pool_doc([backend]))
+    with httpx.Client(timeout=10) as client:
+        assert client.get(proc.url("/first")).status_code == 200
+        r = client.get(proc.url("/raced"))
+    assert r.status_code == 200 and r.text == "ok"
+    raced = [i for i, line in seen if line.startswith(b"GET /raced ")]
+    # sent on the reused connection 0, which closed, then once more on a new one
+    assert raced == [0, 1], seen
+
+
+def test_keepalive_race_post_is_not_retried(fastlb, raw_backend):
+    backend, seen = _race_backend(raw_backend)
+    proc = fastlb(pool_doc([backend]))
+    with httpx.Client(timeout=10) as client:
+        assert client.get(proc.url("/first")).status_code == 200
+        r = client.post(proc.url("/raced"), content=b"{\"n\": 1}")
+    assert r.status_code == 502, r.text
+    assert "error" in r.json()
+    raced = [i for i, line in seen if line.startswith(b"POST /raced ")]
+    assert raced == [0], seen  # the backend may have acted on it: never sent twice
