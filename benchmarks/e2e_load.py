@@ -10,8 +10,15 @@ Setup (all on 127.0.0.1, every process started here is killed at the end):
     (``taskset -c 0``); wrk and the backend nginx share core 1;
   * wrk, 1 thread, N connections, fixed duration, ``--latency``, after a short
     warm-up run; all proxies run side by side and the measurements interleave
-    (repetition -> scenario -> proxy); two request heads: ``minimal`` (GET / with only Host) and
-    ``realistic`` (a browser/SDK-like API request of about a dozen fields).
+    (repetition -> scenario -> proxy); three scenarios: ``minimal`` (GET / with only Host),
+    ``realistic`` (a browser/SDK-like API request of about a dozen fields) and
+    ``json_post`` (a 1 KiB JSON POST answered with 4 KiB of JSON).
+  * like for like: HAProxy and nginx do the forwarding work fastlb does (X-Forwarded-For
+    appended, X-Forwarded-Proto set, X-Request-ID kept or generated) and keep at least as
+    many idle upstream connections as wrk opens; fastlb runs with
+    FASTLB_REQUIRE_EXTENSIONS=1 (the compiled core, or it does not start).
+  * a run with any socket error or non-2xx answer is reported as FAILED (exit 1),
+    never averaged into the table.
 
 Measured per proxy and scenario: req/s, p50, p99 (wrk), and the proxy's CPU time
 (utime+stime of the proxy process and all its descendants, all threads, from
@@ -51,9 +58,14 @@ PROXY_CORE = "0"
 LOAD_CORE = "1"  # wrk and the backend nginx
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROXIES = ("fastlb", "haproxy", "nginx")
-SCENARIOS = ("minimal", "realistic")
+SCENARIOS = ("minimal", "realistic", "json_post")
 START_TIMEOUT = 15.0  # seconds for a proxy to accept connections
 BACKEND_BODY = '{"ok":true}'
+# The json_post scenario: a 1 KiB JSON body up, a 4 KiB JSON answer down (an API write).
+POST_PATH = "/api/v1/carts/checkout"
+POST_BODY = '{"items":[' + ",".join('{"sku":"SKU-%05d","qty":%d}' % (i, i % 7 + 1) for i in range(36)) + ']}'
+POST_BODY = POST_BODY[:-2] + " " * (1024 - len(POST_BODY)) + "]}"
+POST_ANSWER = '{"id":"ord_1","lines":"' + "x" * (4096 - 35) + '","ok":true}'
 
 # A realistic API request head as browsers and SDKs send it: a JWT bearer token,
 # several cookies, W3C traceparent, a request id. About 1.2 KB, 13 fields with Host.
@@ -255,14 +267,28 @@ events {{ worker_connections 4096; }}
 def start_backend(workdir, ports):
     d = os.path.join(workdir, "backend")
     os.makedirs(d)
+    with open(os.path.join(d, "answer.json"), "w") as f:
+        f.write(POST_ANSWER)
+    # nginx workers run as another user when started as root: let them read it
+    for path in (workdir, d):
+        os.chmod(path, 0o755)
+    os.chmod(os.path.join(d, "answer.json"), 0o644)
     servers = "\n".join(
         textwrap.dedent(
             """\
             server {{
                 listen {host}:{port} backlog=4096;
                 location / {{ default_type application/json; return 200 '{body}'; }}
+                location = {post_path} {{
+                    # 4 KiB is past nginx's limit for a `return` string: a file. The static
+                    # handler answers POST with 405; error_page re-serves it as a GET, 200.
+                    default_type application/json;
+                    root {dir};
+                    try_files /answer.json =404;
+                    error_page 405 =200 $uri;
+                }}
             }}"""
-        ).format(host=HOST, port=p, body=BACKEND_BODY)
+        ).format(host=HOST, port=p, body=BACKEND_BODY, post_path=POST_PATH, dir=d)
         for p in ports
     )
     conf = NGINX_COMMON.format(dir=d) + textwrap.dedent(
@@ -284,10 +310,12 @@ def start_backend(workdir, ports):
     return proc
 
 
-def start_haproxy(workdir, port, backends):
+def start_haproxy(workdir, port, backends, connections):
     d = os.path.join(workdir, "haproxy")
     os.makedirs(d)
-    servers = "\n".join("    server s%d %s:%d" % (i + 1, HOST, p) for i, p in enumerate(backends))
+    # pool-max-conn: idle connections kept per server, at least as many as load connections
+    servers = "\n".join("    server s%d %s:%d pool-max-conn %d" % (i + 1, HOST, p, max(64, connections))
+                         for i, p in enumerate(backends))
     conf = textwrap.dedent(
         """\
         global
@@ -310,6 +338,10 @@ def start_haproxy(workdir, port, backends):
 
         backend be
             balance roundrobin
+            # the forwarding work fastlb does on every request
+            option forwardfor
+            http-request set-header X-Forwarded-Proto http
+            http-request set-header X-Request-ID %[uuid] unless {{ req.hdr(X-Request-ID) -m found }}
         """
     ).format(host=HOST, port=port) + servers + "\n"
     path = os.path.join(d, "haproxy.cfg")
@@ -318,7 +350,7 @@ def start_haproxy(workdir, port, backends):
     return Proc("haproxy", taskset(PROXY_CORE, ["haproxy", "-db", "-f", path]), workdir), ()
 
 
-def start_nginx_proxy(workdir, port, backends):
+def start_nginx_proxy(workdir, port, backends, connections):
     d = os.path.join(workdir, "nginx-proxy")
     os.makedirs(d)
     servers = "\n".join("        server %s:%d;" % (HOST, p) for p in backends)
@@ -327,9 +359,13 @@ def start_nginx_proxy(workdir, port, backends):
         http {{
             access_log off;
             keepalive_requests 1000000;
+            map $http_x_request_id $fastlb_like_request_id {{
+                default $http_x_request_id;
+                "" $request_id;
+            }}
             upstream be {{
         {servers}
-                keepalive 32;
+                keepalive {keepalive};
                 keepalive_requests 1000000;
             }}
             server {{
@@ -338,11 +374,15 @@ def start_nginx_proxy(workdir, port, backends):
                     proxy_pass http://be;
                     proxy_http_version 1.1;
                     proxy_set_header Connection "";
+                    # the forwarding work fastlb does on every request
+                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                    proxy_set_header X-Forwarded-Proto $scheme;
+                    proxy_set_header X-Request-ID $fastlb_like_request_id;
                 }}
             }}
         }}
         """
-    ).format(servers=servers, host=HOST, port=port)
+    ).format(servers=servers, host=HOST, port=port, keepalive=max(64, connections))
     path = os.path.join(d, "nginx.conf")
     with open(path, "w") as f:
         f.write(conf)
@@ -351,8 +391,10 @@ def start_nginx_proxy(workdir, port, backends):
 
 
 def fastlb_command(override):
-    """(argv prefix, cwd, env, description) for running fastlb, or raise RuntimeError."""
-    env = dict(os.environ)
+    """(argv prefix, cwd, env, description) for running fastlb, or raise RuntimeError.
+    The compiled core is required (FASTLB_REQUIRE_EXTENSIONS=1): a fallback to the
+    pure-Python twins fails to start instead of being measured as fastlb."""
+    env = dict(os.environ, FASTLB_REQUIRE_EXTENSIONS="1")
     if override:
         return shlex.split(override), None, env, "command: %s" % override
     probe = "import fastlb, sys; sys.stdout.write(fastlb.__file__)"
@@ -373,7 +415,7 @@ def fastlb_command(override):
     return argv, cwd, env, where
 
 
-def start_fastlb(workdir, port, backends, cmd):
+def start_fastlb(workdir, port, backends, connections, cmd):
     argv, cwd, env, _ = cmd
     args = argv + ["run", "--listen", "%s:%d" % (HOST, port)]
     for p in backends:
@@ -389,12 +431,18 @@ def lua_string(s):
 
 
 def write_lua(workdir):
+    """wrk scripts per scenario: {scenario: path or None (plain GET /)}."""
+    scripts = {"minimal": None}
     lines = ['wrk.method = "GET"', "wrk.path = %s" % lua_string(REALISTIC_PATH)]
     lines += ["wrk.headers[%s] = %s" % (lua_string(k), lua_string(v)) for k, v in REALISTIC_HEADERS]
-    path = os.path.join(workdir, "realistic.lua")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+    post = ['wrk.method = "POST"', "wrk.path = %s" % lua_string(POST_PATH), "wrk.body = %s" % lua_string(POST_BODY),
+            'wrk.headers["Content-Type"] = "application/json"', 'wrk.headers["Accept"] = "application/json"']
+    for name, body in (("realistic", lines), ("json_post", post)):
+        path = os.path.join(workdir, name + ".lua")
+        with open(path, "w") as f:
+            f.write("\n".join(body) + "\n")
+        scripts[name] = path
+    return scripts
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -592,7 +640,7 @@ def main(argv=None):
                 if name == "fastlb":
                     cmd = fastlb_command(args.fastlb_cmd)
                     results["meta"]["proxies"][name] = cmd[3]
-                    starter = lambda w, p, b: start_fastlb(w, p, b, cmd)  # noqa: E731
+                    starter = lambda w, p, b, c: start_fastlb(w, p, b, c, cmd)  # noqa: E731
                 elif name == "haproxy":
                     if not shutil.which("haproxy"):
                         raise RuntimeError("haproxy is not installed")
@@ -610,7 +658,7 @@ def main(argv=None):
                 continue
             log("%s: %s" % (name, results["meta"]["proxies"][name]))
             port = free_port()
-            proc, extra_logs = starter(workdir, port, backend_ports)
+            proc, extra_logs = starter(workdir, port, backend_ports, args.connections)
             procs.append(proc)
             logs = proc.logs + tuple(extra_logs)
             try:
@@ -634,9 +682,10 @@ def main(argv=None):
         )
         runs = {(sc, name): [] for sc in scenarios for name in running}
         failed = set()
+        failed_runs = set()  # (scenario, proxy) with any error or non-2xx response
         for rep in range(args.repeat):
             for scenario in scenarios:
-                lua = script if scenario == "realistic" else None
+                lua = script[scenario]
                 for name, (proc, port, logs) in running.items():
                     if name in failed:
                         continue
@@ -655,12 +704,17 @@ def main(argv=None):
                     path = os.path.join(workdir, "wrk-%s-%s-%d.txt" % (name, scenario, rep + 1))
                     with open(path, "w") as f:
                         f.write(res["wrk_output"])
-                    if res["errors"] or res["non2xx"]:
-                        log("  warning: %d socket errors, %d non-2xx responses" % (res["errors"], res["non2xx"]))
+                    if res["errors"] or res["non2xx"] or not res["requests"]:
+                        # not averaged in: a proxy answering errors fast is not fast
+                        log("%s / %s FAILED: %d socket errors, %d non-2xx responses, %d requests (see %s)"
+                            % (name, scenario, res["errors"], res["non2xx"], res["requests"], path))
+                        failed_runs.add((scenario, name))
+                        continue
                     runs[(scenario, name)].append(res)
         for (scenario, name), got in runs.items():
-            if got and name not in failed:
+            if got and name not in failed and (scenario, name) not in failed_runs:
                 results["scenarios"][scenario][name] = median_run(got)
+        results["failed"] = sorted("%s/%s" % k for k in failed_runs) + sorted(failed)
 
         for name, (proc, _, _) in running.items():
             rc = proc.stop()
@@ -678,6 +732,10 @@ def main(argv=None):
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
             log("wrote %s" % args.json)
+        if results["failed"]:
+            log("e2e_load: FAILED (errors or non-2xx answers, left out of the tables): %s"
+                % ", ".join(results["failed"]))
+            return 1
     except RuntimeError as exc:
         log("e2e_load: %s" % exc)
         return 1
