@@ -24,6 +24,7 @@ import os
 import signal
 
 from . import _core
+from ._version import __version__
 from .balancer import Pool
 from .http1 import path_of, split_host
 from .proxy import HEAD, ProxyConnection
@@ -228,6 +229,8 @@ def run(config, ready=None):
         server = Server(config, asyncio.get_running_loop())
         await server.start()
         server.install_signal_handlers()
+        # One line saying which build serves (tests and operators read it).
+        print("fastlb %s (core: %s)" % (__version__, _core.IMPLEMENTATION), flush=True)
         for line in server.describe():
             print(line, flush=True)
         if _core.IMPLEMENTATION != "cython":

@@ -14,10 +14,23 @@ import yaml
 
 READY = re.compile(r"listening on (\S+):(\d+) \[(\S+)\]")
 ADMIN = re.compile(r"admin API listening on (\S+):(\d+)")
+CORE = re.compile(r"^fastlb \S+ \(core: (\w+)\)")
+
+
+def expected_core(env):
+    """The core a fastlb started with ``env`` must run: the pure twin only when asked."""
+    value = env.get("FASTLB_NO_EXTENSIONS", "").strip().lower()
+    return "python" if value not in ("", "0", "false", "no") else "cython"
 
 
 class FastlbProcess:
-    """``python -m fastlb run -c FILE`` with listeners on port 0; ports read from its ready lines."""
+    """``python -m fastlb run -c FILE`` with listeners on port 0; ports read from its ready lines.
+
+    Every process reports its core on start (``fastlb VERSION (core: NAME)``); ``start``
+    fails unless it is the expected one (``core``): the compiled core, or the pure-Python
+    twin when ``FASTLB_NO_EXTENSIONS`` is set in the process's environment. The test
+    process's own FASTLB_NO_EXTENSIONS (a run without a build) is honoured the same way.
+    """
 
     def __init__(self, tmp_path, doc=None, args=None, env=None):
         self.tmp_path = tmp_path
@@ -28,6 +41,7 @@ class FastlbProcess:
         self.ports = {}  # listener name -> port
         self.admin_port = None
         self.output = []
+        self.core = None  # as reported by the process
 
     @property
     def port(self):
@@ -55,6 +69,11 @@ class FastlbProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if len(self.ports) == n_listeners and (not want_admin or self.admin_port):
+                want = expected_core(env)
+                if self.core != want:
+                    self.kill()
+                    raise RuntimeError("fastlb runs core %r, expected %r:\n%s" % (
+                        self.core, want, "".join(self.output)))
                 return self
             line = self._readline(deadline - time.monotonic())
             if line is None:
@@ -62,6 +81,9 @@ class FastlbProcess:
             m = READY.search(line)
             if m:
                 self.ports[m.group(3)] = int(m.group(2))
+            m = CORE.search(line)
+            if m:
+                self.core = m.group(1)
             m = ADMIN.search(line)
             if m:
                 self.admin_port = int(m.group(2))
