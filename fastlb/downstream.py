@@ -121,11 +121,11 @@ class ClientConnection(asyncio.Protocol):
         if self.phase == OPEN:
             self.on_client_resume()
             self.rearm()
-        elif self.phase == CLOSING or self.phase == LINGER:
-            # progress while flushing: a fresh send period
+        elif self.phase == LINGER:
+            # the write buffer is empty (close_client set the low-water mark to 0):
+            # the FIN is out, linger from now
             listener = self.listener
-            if self.timer.kind == T_FLUSH:
-                listener.wheel.arm(self.timer, T_FLUSH, listener.loop.time() + listener.timeouts.send)
+            listener.wheel.arm(self.timer, T_LINGER, listener.loop.time() + listener.timeouts.linger)
 
     # -- deadlines --------------------------------------------------------------
     def on_timer(self, timer, kind, now):
@@ -180,6 +180,10 @@ class ClientConnection(asyncio.Protocol):
         pending = transport.get_write_buffer_size()
         now = listener.loop.time()
         if pending:
+            # resume_writing then comes when the buffer is empty, not at the usual
+            # low-water mark: that is when lingering starts. Until then T_FLUSH
+            # checks for progress once per send period.
+            transport.set_write_buffer_limits(high=0, low=0)
             self.flush_mark = pending
             listener.wheel.arm(self.timer, T_FLUSH, now + listener.timeouts.send)
         else:

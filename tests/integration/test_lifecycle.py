@@ -5,8 +5,10 @@ sockets, processes, logs and exit codes (the data path is being rewritten)."""
 import hashlib
 import json
 import os
+import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -317,6 +319,47 @@ def test_item03_sigterm_delivers_buffered_response_to_slow_reader(fastlb, backen
     assert got == n, "graceful shutdown truncated the response: %d of %d bytes" % (got, n)
     assert h.hexdigest() == pattern_sha256(n)
     assert proc.proc.wait(20) == 0
+
+
+def test_item03_sigterm_last_bytes_in_fastlbs_own_buffer_reach_a_slow_reader(fastlb, backends):
+    """The response outgrows the kernel's socket buffers, so when the backend's last
+    bytes reach fastlb its own write buffer is full: a connection that left the drain
+    set on close (before the flush) took those bytes with it at exit (the tree before
+    the rebuild lost ~170 kB of 8 MB here). The client keeps its socket open after the
+    EOF: fastlb lingers for ``timeouts.linger`` from the moment its buffer is flushed
+    (not from the next send-deadline check, 30 s later) and then exits 0."""
+    n = 8 * 1000 * 1000
+    proc = fastlb(pool_doc(backends[:1], timeouts={"drain": "60s", "linger": "1s", "send": "30s"}))
+    s = small_rcvbuf_socket(proc.port, rcvbuf=4096)
+    s.settimeout(15)
+    s.sendall(b"GET /size?n=%d HTTP/1.1\r\nHost: h\r\n\r\n" % n)
+    time.sleep(1.0)  # not reading: the kernel buffers fill, then fastlb's own
+    proc.proc.send_signal(signal.SIGTERM)
+    head, rest = read_head(s)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    h = hashlib.sha256(rest)
+    got = len(rest)
+    while got < n:  # a slow reader (a few MB/s), so the buffers stay full to the end
+        try:
+            chunk = s.recv(4096)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        h.update(chunk)
+        got += len(chunk)
+        time.sleep(0.001)
+    assert got == n, "graceful shutdown truncated the response: %d of %d bytes" % (got, n)
+    assert h.hexdigest() == pattern_sha256(n)
+    assert s.recv(1) == b"", "fastlb did not close the connection after the response while draining"
+    # the socket stays open: fastlb lingers 1 s, then closes and exits
+    try:
+        code = proc.proc.wait(12)
+    except subprocess.TimeoutExpired:
+        pytest.fail("fastlb still running 12 s after its buffer was flushed (linger is 1 s)")
+    finally:
+        s.close()
+    assert code == 0
 
 
 # ------------------------------------------------------------------ item 4
