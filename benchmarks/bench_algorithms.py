@@ -14,10 +14,20 @@ request. The wrapper function costs one Python frame (~30 ns) and is included.
 group "build": constructing a ring / Maglev table for 30 backends (what a membership
 change costs).
 
+groups "pool-<algorithm>" (every algorithm, ip_hash included), 30 backends: one request's
+selection exactly as the proxy makes it, through ``balancer.Pool``: ``pool.pick(key, now)``
+(the ewma pool passes the clock, as proxy.py does), ``pool.started(backend)``, and the
+oldest of 16 requests in flight ``pool.finished(backend, latency, now)`` with a varied
+latency, so the load the selectors read changes on every call. Hash pools get a different
+key each call (4,096 client addresses for ip_hash, session ids for consistent_hash and
+maglev). ``Pool`` uses the core the process loaded (``fastlb._core``, all or nothing): the
+``core`` column says which; run with ``FASTLB_NO_EXTENSIONS=1`` for the pure-twin rows.
+
 Targets (DESIGN brief): compiled pick <= 150 ns for round_robin, p2c, least_connections at
 30 backends; hash-lookup <= 400 ns; every compiled row >= 10x its pure twin.
 
     python -m pytest benchmarks/bench_algorithms.py --benchmark-only -q
+    FASTLB_NO_EXTENSIONS=1 python -m pytest benchmarks/bench_algorithms.py --benchmark-only -q -k pool
 """
 
 import random
@@ -120,3 +130,61 @@ def test_build(benchmark, algorithm, twin):
         benchmark.pedantic(hsh.KetamaRing, (ns, ws), rounds=5, iterations=1)
     else:
         benchmark.pedantic(hsh.Maglev, (ns, ws), rounds=5, iterations=1)
+
+
+# -------------------------------------------------------------------- through balancer.Pool
+POOL_ALGORITHMS = ("round_robin", "least_connections", "random", "p2c", "ewma", "ip_hash",
+                   "consistent_hash", "maglev")
+IN_FLIGHT = 16
+
+
+def _pool(algorithm, size=30):
+    from fastlb.balancer import Pool
+    from fastlb.model import Address, BackendSpec, PoolSpec
+
+    rng = random.Random(size)
+    backends = tuple(
+        BackendSpec(Address("10.0.%d.%d" % (i // 256, i % 256), 8080), rng.choice((1, 1, 1, 2, 5)))
+        for i in range(size))
+    hash_key = {"ip_hash": ("ip", ""), "consistent_hash": ("header", "x-session-id"),
+                "maglev": ("cookie", "sid")}.get(algorithm)
+    return Pool(PoolSpec(name="bench", backends=backends, algorithm=algorithm, hash_key=hash_key), seed=1)
+
+
+@pytest.mark.parametrize("algorithm", POOL_ALGORITHMS)
+def test_pool_request(benchmark, algorithm):
+    from fastlb import _core
+
+    benchmark.group = "pool-" + algorithm
+    benchmark.extra_info["core"] = _core.IMPLEMENTATION
+    pool = _pool(algorithm)
+    rng = random.Random(7)
+    if algorithm == "ip_hash":
+        keys = [("198.51.%d.%d" % (i // 256, i % 256)).encode() for i in range(4096)]
+    elif pool.key_kind:
+        keys = [b"sess-%032x" % rng.getrandbits(128) for _ in range(4096)]
+    else:
+        keys = [None] * 4096
+    latencies = [0.002 + rng.random() * 0.08 for _ in range(4096)]
+    ring = [None] * IN_FLIGHT  # the requests in flight, oldest finished first
+    state = [0, NOW]  # request number, clock
+    clocked = pool.measure_latency
+    pick, started, finished = pool.pick, pool.started, pool.finished
+
+    def one_request():
+        n = state[0]
+        now = state[1] = state[1] + 0.0005
+        slot = n % IN_FLIGHT
+        old = ring[slot]
+        if old is not None:
+            finished(old, latencies[n & 4095], now)
+        backend = pick(keys[n & 4095], now) if clocked else pick(keys[n & 4095])
+        started(backend)
+        ring[slot] = backend
+        state[0] = n + 1
+
+    for _ in range(IN_FLIGHT * 4):  # fill the window: live load from the first timed call
+        one_request()
+    benchmark(one_request)
+    # every backend took part (the keys and the load really vary)
+    assert sum(1 for b in pool.backends if b.requests_total) >= len(pool.backends) // 2

@@ -2,13 +2,17 @@
 
 group "scanner": parse one request, extract what a proxy needs (method, target, the
 framing facts or every header, the body bytes), implementation x input:
-  fastlb-cython          scan() + facts + body slice: the proxy's hot path (no header objects)
-  fastlb-cython-headers  the same plus headers(): every (name, value) as bytes
-  fastlb-python          the pure twin, scan() + facts + body slice
+  fastlb-cython          scan() + facts + headers() (every (name, value) as bytes) + body
+                         slice: the same work as the httptools row, the headline comparison
+  fastlb-python          the pure twin, the same work
   httptools              HttpRequestParser with a callback protocol that stores the URL, every
                          header and the body like a proxy would; one parser per connection
   h11                    receive_data + next_event until EndOfMessage; a Connection per request
                          (h11 needs a response before it accepts the next request)
+  fastlb-cython-offsets-only, fastlb-python-offsets-only
+                         scan() + facts + body slice, no header list: what the proxy's hot
+                         path does (it copies header bytes by offset), not comparable with
+                         the parsers above, which all build a header list
 group "build_head": scan() + build_upstream_head(), cython vs python.
 
 Inputs: small_get (health check), post_json (REST call with a JSON body),
@@ -161,11 +165,12 @@ def _h11():
 
 
 IMPLEMENTATIONS = {
-    "fastlb-cython": lambda: _fastlb(scanner_c, False),
-    "fastlb-cython-headers": lambda: _fastlb(scanner_c, True),
-    "fastlb-python": lambda: _fastlb(scanner_py, False),
+    "fastlb-cython": lambda: _fastlb(scanner_c, True),
+    "fastlb-python": lambda: _fastlb(scanner_py, True),
     "httptools": _httptools,
     "h11": _h11,
+    "fastlb-cython-offsets-only": lambda: _fastlb(scanner_c, False),
+    "fastlb-python-offsets-only": lambda: _fastlb(scanner_py, False),
 }
 
 
