@@ -2,6 +2,7 @@
 
 import json
 import re
+import signal
 import socket
 import threading
 import time
@@ -344,14 +345,27 @@ def test_sigterm_drains_in_flight_requests(fastlb, backends):
     for t in threads:
         t.start()
     assert backends[0].wait_until(lambda b: b.request_count >= 3, timeout=5)
+    proc.proc.send_signal(signal.SIGTERM)
+
+    def refused():
+        try:
+            socket.create_connection(("127.0.0.1", proc.port), timeout=1).close()
+            return False
+        except OSError:
+            return True
+
+    # while the three requests are still in flight, the listener already refuses
+    deadline = time.monotonic() + 5
+    while not refused() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert refused(), "still accepting after SIGTERM"
+    assert proc.proc.poll() is None and not results, "checked only after the drain ended"
     code = proc.terminate(timeout=15)
     for t in threads:
         t.join(10)
     assert code == 0
     assert [r.status_code for r in results] == [200, 200, 200]
     assert all(r.headers.get("connection") == "close" for r in results)
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", proc.port), timeout=2)
 
 
 def test_http10_absolute_form_without_host_routes_by_target(fastlb, backends):

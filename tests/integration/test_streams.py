@@ -194,8 +194,7 @@ def test_client_that_stops_reading_holds_fastlb_memory_bounded_then_gets_every_b
     sent_during_stall = rec["bytes"]
     rss = _status(lb.proc.pid, "VmRSS")
     time.sleep(1.0)
-    assert rec["bytes"] == sent_during_stall or rec["bytes"] - sent_during_stall < 8 * MIB, \
-        "the backend kept sending while the client read nothing"
+    assert rec["bytes"] - sent_during_stall < 8 * MIB, "the backend kept sending while the client read nothing"
     # kernel socket buffers on both legs plus fastlb's own 256 KiB: far less than the body
     assert sent_during_stall < 64 * MIB, "%d MiB left the backend while the client read nothing" % (
         sent_during_stall // MIB)
