@@ -9,6 +9,8 @@ Endpoints (docs/operations.md):
          (also ?ip=ADDR for ip_hash / hash_key ip; without key: the round-robin fallback)
     POST /api/v1/pools/{pool}/backends/{address}/disable   take a backend out of rotation
     POST /api/v1/pools/{pool}/backends/{address}/enable    put it back
+    POST /api/v1/pools/{pool}/backends/{address}/drain     no new requests; in-flight ones finish
+    POST /api/v1/pools/{pool}/backends/{address}/undrain   back (through a passing check when checks are on)
     POST /api/v1/pools/{pool}/backends/{address}/weight    body {"weight": N}: change its weight (1-1000)
 
 Bind it to loopback or a management network: it has no authentication yet.
@@ -21,7 +23,7 @@ import urllib.parse
 
 import h11
 
-from . import _core
+from . import _core, health
 from ._version import __version__
 
 log = logging.getLogger("fastlb.admin")
@@ -143,21 +145,32 @@ class AdminServer:
                     weight = json.loads(body or b"null")["weight"]
                     if isinstance(weight, bool) or not isinstance(weight, int):
                         raise TypeError
-                    pool.set_weight(backend, weight)
+                    pool.set_weight(backend, weight, self.server.loop.time())
                 except (ValueError, KeyError, TypeError):
                     return 400, {"error": 'expected a JSON body {"weight": N} with N an integer from 1 to 1000'}
                 log.info("admin: weight %s/%s = %d", pool.name, backend.address, weight)
                 return 200, pool.backend_dict(backend, self.server.loop.time())
-            if len(rest) == 5 and rest[2] == "backends" and rest[4] in ("enable", "disable"):
+            if len(rest) == 5 and rest[2] == "backends" and rest[4] in ADMIN_EVENTS:
                 if method != "POST":
                     return 405, {"error": "use POST"}
                 backend = pool.backend(rest[3])
                 if backend is None:
                     return 404, {"error": "pool %s has no backend %s" % (pool.name, rest[3])}
-                pool.set_state(backend, "up" if rest[4] == "enable" else "disabled")
-                log.info("admin: %s %s/%s", rest[4], pool.name, backend.address)
-                return 200, pool.backend_dict(backend, self.server.loop.time())
+                now = self.server.loop.time()
+                event = rest[4]
+                old = backend.state
+                if health.transition(pool, backend, event, now, "admin API: %s" % event) is None \
+                        and old != ADMIN_EVENTS[event] and not (event in ("enable", "undrain")
+                                                                 and old not in (health.DRAINING, health.DISABLED)):
+                    return 409, {"error": "cannot %s a backend that is %s" % (event, old), "state": old}
+                log.info("admin: %s %s/%s", event, pool.name, backend.address)
+                return 200, pool.backend_dict(backend, now)
         return 404, {"error": "not found: %s %s" % (method, path)}
+
+
+# Admin events (health.py's table) and the state each one leads to; repeating one
+# (draining a draining backend, enabling an enabled one) is a no-op, not an error.
+ADMIN_EVENTS = {"disable": health.DISABLED, "drain": health.DRAINING, "enable": None, "undrain": None}
 
 
 class BadRequest(ValueError):

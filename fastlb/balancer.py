@@ -8,8 +8,10 @@ LoadState and on the Backend objects, never in the selector, so it survives
 rebuilds.
 
 ``usable`` is one byte per backend (1 = may be picked): the one accept
-predicate every selector consults. Admin ``disable`` clears a backend's byte;
-later steps (health checks, outlier ejection, draining) clear it the same way.
+predicate every selector consults. It mirrors ``Backend.state`` (health.py owns
+the state machine and calls ``state_changed``): 1 for ``up`` and ``slow_start``.
+While a backend is in slow start the selector is rebuilt with ramping
+effective weights (``ramp``, from the server's tick).
 
 Hash algorithms take a request key (bytes; model.PoolSpec.hash_key says which);
 a request without one (no such header, cookie or query parameter) is balanced
@@ -62,40 +64,83 @@ class Backend:
 
     __slots__ = (
         "index", "address", "host", "port", "weight", "pool_name",
-        "state", "requests_total", "failures_total", "idle", "addr",
+        "state", "state_reason", "state_since", "history",
+        "passes", "fails", "checks_total", "checks_passed", "checks_failed",
+        "last_check", "last_check_ok", "last_check_detail",
+        "consecutive_failures", "ejections", "ejected_until", "last_ejection", "ejections_refused",
+        "requests_total", "failures_total", "idle", "addr",
     )
 
-    def __init__(self, index, host, port, weight, pool_name):
+    def __init__(self, index, host, port, weight, pool_name, state="up", now=0.0):
         self.index = index
         self.host = host
         self.port = port
         self.address = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
         self.weight = weight
         self.pool_name = pool_name
-        self.state = "up"  # "up" | "disabled" (admin)
+        # health.py's state machine (health.STATES); every change records why and when
+        self.state = state
+        self.state_reason = "active checks on: waiting for a first passing check" if state == "checking" \
+            else "configured"
+        self.state_since = now
+        self.history = []  # (time, old, new, event, reason), the last health.HISTORY
+        # active checks
+        self.passes = 0  # in a row
+        self.fails = 0  # in a row
+        self.checks_total = 0
+        self.checks_passed = 0
+        self.checks_failed = 0
+        self.last_check = None
+        self.last_check_ok = None
+        self.last_check_detail = None
+        # passive outlier detection
+        self.consecutive_failures = 0
+        self.ejections = 0  # this run of ejections (doubles the ejection time)
+        self.ejected_until = 0.0
+        self.last_ejection = 0.0
+        self.ejections_refused = 0  # would have been ejected but the pool's share was used up
         self.requests_total = 0
         self.failures_total = 0
         self.idle = []  # idle keep-alive upstream connections, most recent last (upstream.py owns them)
         self.addr = host  # the address connects use: ``host`` resolved (upstream.resolve_backends)
 
 
+# Effective weights while a backend ramps up: every weight x RAMP_SCALE, the ramping
+# ones x their progress (at least 1), so a weight-1 backend can ramp in 1% steps.
+RAMP_SCALE = 100
+RAMP_STEP = 0.25  # seconds between selector rebuilds while ramping
+
+
 class Pool:
     __slots__ = (
         "name", "algorithm", "retries", "backends", "selector", "fallback", "load", "usable",
-        "host_header", "key_kind", "key_name", "measure_latency", "_by_address", "_spec", "_seed",
+        "host_header", "key_kind", "key_name", "measure_latency", "health", "outlier", "slow_start", "fail_statuses",
+        "ramping", "_ramp_at", "_weights", "_by_address", "_spec", "_seed",
     )
 
-    def __init__(self, spec, seed=0):
+    def __init__(self, spec, seed=0, now=0.0):
         self.name = spec.name
         self.algorithm = spec.algorithm
         self.retries = spec.retries
+        self.health = spec.health
+        self.outlier = spec.outlier
+        self.slow_start = spec.slow_start
+        # backend statuses that count against it (passive detection); empty when off
+        self.fail_statuses = frozenset(spec.outlier.statuses) if spec.outlier is not None else frozenset()
+        # With active checks every backend starts in "checking": no traffic to a backend
+        # fastlb has never seen healthy.
+        first = "checking" if spec.health is not None else "up"
         self.backends = [
-            Backend(i, b.address.host, b.address.port, b.weight, spec.name) for i, b in enumerate(spec.backends)
+            Backend(i, b.address.host, b.address.port, b.weight, spec.name, first, now)
+            for i, b in enumerate(spec.backends)
         ]
         self._by_address = {b.address: b for b in self.backends}
         # Host sent upstream for HTTP/1.0 requests that carry none (HTTP/1.1 requires one).
         self.host_header = self.backends[0].address.encode("ascii")
-        self.usable = bytearray(b"\x01" * len(self.backends))
+        self.usable = bytearray(b"\x01" if first == "up" else b"\x00") * len(self.backends)
+        self.ramping = False
+        self._ramp_at = 0.0
+        self._weights = None
         self.load = LoadState(len(self.backends), spec.ewma_decay)
         kind, name = spec.hash_key or (None, "")
         self.key_kind = _KEY_KINDS.get(kind, KEY_NONE)
@@ -105,11 +150,14 @@ class Pool:
         self._seed = seed
         self._build()
 
-    def _build(self):
-        """Build the selector (and the keyless fallback) from the current weights and swap
-        them in whole; the LoadState is kept, so in-flight counts and latencies survive."""
+    def _build(self, weights=None):
+        """Build the selector (and the keyless fallback) from the current weights (or the
+        effective ones while ramping) and swap them in whole; the LoadState is kept, so
+        in-flight counts and latencies survive."""
         names = [b.address.encode("ascii") for b in self.backends]
-        weights = [b.weight for b in self.backends]
+        if weights is None:
+            weights = [b.weight for b in self.backends]
+        self._weights = weights
         selector = build_selector(self._spec, names, weights, self._seed)
         # Requests without their key are balanced by round robin over the same backends.
         fallback = RoundRobin(weights) if self.key_kind != KEY_NONE else None
@@ -169,34 +217,101 @@ class Pool:
     def backend(self, address):
         return self._by_address.get(address)
 
-    def set_weight(self, backend, weight):
+    def set_weight(self, backend, weight, now=0.0):
         """Change a backend's weight at run time: the selector is rebuilt and swapped."""
         if not 1 <= weight <= 1000:
             raise ValueError("weight must be between 1 and 1000")
         backend.weight = weight
-        self._build()
+        if self.ramping:
+            self._ramp_at = 0.0
+            self.ramp(now)
+        else:
+            self._build()
 
-    def set_state(self, backend, state):
-        backend.state = state
-        self.usable[backend.index] = 1 if state == "up" else 0
+    # -- state (health.py's machine calls this after every transition) -------------
+    def state_changed(self, backend, old, now):
+        """Keep ``usable`` and the ramp in step with ``backend.state``; a backend that
+        leaves rotation has its idle pooled connections closed."""
+        usable = backend.state in ("up", "slow_start")
+        self.usable[backend.index] = 1 if usable else 0
+        if not usable:
+            idle = backend.idle
+            while idle:
+                idle.pop().close()
+        ramping = any(b.state == "slow_start" for b in self.backends)
+        if ramping or self.ramping:
+            self.ramping = ramping
+            self._ramp_at = 0.0
+            self.ramp(now)
+
+    def effective_weight(self, backend, now):
+        """The weight a backend takes traffic at now (slow start ramps it), as a
+        fraction-precise float for the API; the selector uses RAMP_SCALE integers."""
+        if backend.state == "slow_start" and self.slow_start > 0:
+            return backend.weight * min(1.0, max(0.0, (now - backend.state_since) / self.slow_start))
+        return float(backend.weight)
+
+    def ramp(self, now):
+        """While any backend is in slow start: rebuild the selector with ramped weights,
+        at most every RAMP_STEP seconds. When none is, back to the plain weights."""
+        if not self.ramping:
+            if self._weights != [b.weight for b in self.backends]:
+                self._build()
+            return
+        if now < self._ramp_at:
+            return
+        self._ramp_at = now + RAMP_STEP
+        weights = [max(1, int(self.effective_weight(b, now) * RAMP_SCALE)) for b in self.backends]
+        if weights != self._weights:
+            self._build(weights)
 
     def backend_dict(self, backend, now=0.0):
         ewma = self.load.ewma(backend.index, now)
-        return {
+        out = {
             "address": backend.address,
             "weight": backend.weight,
+            "effective_weight": round(self.effective_weight(backend, now), 3),
             "state": backend.state,
+            "state_reason": backend.state_reason,
+            "state_for_seconds": round(now - backend.state_since, 3),
             "in_flight": self.load.in_flight(backend.index),
             "requests_total": backend.requests_total,
             "failures_total": backend.failures_total,
+            "consecutive_failures": backend.consecutive_failures,
+            "ejections": backend.ejections,
             "idle_connections": len(backend.idle),
             "ewma_seconds": None if ewma < 0 else round(ewma, 6),
+            "transitions": [{"seconds_ago": round(now - t, 3), "from": a, "to": b, "event": e, "reason": r}
+                            for t, a, b, e, r in reversed(backend.history)],
         }
+        if backend.state == "ejected":
+            out["ejected_for_seconds"] = round(max(0.0, backend.ejected_until - now), 3)
+        if self.health is not None:
+            out["checks"] = {
+                "total": backend.checks_total, "passed": backend.checks_passed, "failed": backend.checks_failed,
+                "passes_in_a_row": backend.passes, "failures_in_a_row": backend.fails,
+                "last": None if backend.last_check is None else {
+                    "ok": backend.last_check_ok, "detail": backend.last_check_detail,
+                    "seconds_ago": round(now - backend.last_check, 3)},
+            }
+        return out
 
     def as_dict(self, now=0.0):
         return {
             "name": self.name,
             "algorithm": self.algorithm,
             "summary": ALGORITHMS[self.algorithm]["summary"],
+            "health_check": None if self.health is None else {
+                "type": self.health.kind, "interval": self.health.interval, "timeout": self.health.timeout,
+                "rise": self.health.rise, "fall": self.health.fall,
+                "path": self.health.path if self.health.kind == "http" else None},
+            "outlier_detection": None if self.outlier is None else {
+                "consecutive_failures": self.outlier.consecutive_failures,
+                "statuses": list(self.outlier.statuses),
+                "base_ejection_time": self.outlier.base_ejection_time,
+                "max_ejection_time": self.outlier.max_ejection_time,
+                "max_ejection_percent": self.outlier.max_ejection_percent},
+            "slow_start": self.slow_start,
+            "usable_backends": sum(self.usable),
             "backends": [self.backend_dict(b, now) for b in self.backends],
         }

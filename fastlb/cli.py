@@ -37,6 +37,14 @@ def _parser():
     run.add_argument("--hash-key", metavar="KEY", default=None,
                      help="quick mode: request key for consistent_hash/maglev: ip, path, header:NAME, cookie:NAME, query:NAME")
     run.add_argument("--admin", metavar="HOST:PORT", help="quick mode: admin API address")
+    run.add_argument("--health-path", metavar="PATH", default=None,
+                     help="quick mode: active HTTP checks, GET PATH, 2xx-3xx healthy")
+    run.add_argument("--health-interval", metavar="SECONDS", default=None,
+                     help="quick mode: seconds between checks of each backend (default 5)")
+    run.add_argument("--health-rise", metavar="N", type=int, default=None,
+                     help="quick mode: passing checks in a row that bring a down backend back (default 2)")
+    run.add_argument("--health-fall", metavar="N", type=int, default=None,
+                     help="quick mode: failing checks in a row that take a backend down (default 3)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     chk = sub.add_parser("check", help="validate a configuration file")
@@ -67,13 +75,37 @@ def _parser():
     return p
 
 
-def quick_config(listen, backends, algorithm=None, admin=None, hash_key=None):
+def quick_config(listen, backends, algorithm=None, admin=None, hash_key=None, health_path=None,
+                 health_interval=None, health_rise=None, health_fall=None):
     """The configuration document that ``run --listen/--backend`` flags describe."""
     pool = {"backends": []}
     if algorithm is not None:
         pool["algorithm"] = algorithm
     if hash_key is not None:
         pool["hash_key"] = hash_key
+    check = {}
+    if health_path is not None:
+        check["path"] = health_path
+    if health_interval is not None:
+        check["interval"] = health_interval
+    if health_rise is not None:
+        check["rise"] = health_rise
+    if health_fall is not None:
+        check["fall"] = health_fall
+    if check:
+        if "path" not in check:
+            raise ConfigError(("--health-path", "required with --health-interval/--health-rise/--health-fall"))
+        check["method"] = "GET"
+        check["expect_status"] = "200-399"
+        interval = check.get("interval", 5)
+        if isinstance(interval, str):
+            try:
+                interval = float(interval)
+            except ValueError:
+                interval = None
+        if interval is not None and interval < 2:
+            check["timeout"] = interval  # the default 2 s probe timeout must fit in the interval
+        pool["health_check"] = check
     problems = []
     for i, text in enumerate(backends):
         address, *params = text.split(",")
@@ -100,6 +132,11 @@ _FLAG_PATHS = (
     ("pools.default.hash_key", "--hash-key"),
     ("pools.default.backends", "--backend"),
     ("admin.bind", "--admin"),
+    ("pools.default.health_check.path", "--health-path"),
+    ("pools.default.health_check.interval", "--health-interval"),
+    ("pools.default.health_check.rise", "--health-rise"),
+    ("pools.default.health_check.fall", "--health-fall"),
+    ("pools.default.health_check.timeout", "--health-interval"),
 )
 
 
@@ -116,13 +153,16 @@ def _flag_problems(err):
 
 def _load(args):
     if args.config:
-        if args.listen or args.backend or args.admin or args.algorithm or args.hash_key:
+        if args.listen or args.backend or args.admin or args.algorithm or args.hash_key or args.health_path \
+                or args.health_interval or args.health_rise is not None or args.health_fall is not None:
             raise ConfigError(("", "give either -c FILE or the quick-mode flags (--listen/--backend/...), not both"))
         return configmod.load_file(args.config)
     if not args.listen or not args.backend:
         raise ConfigError(("", "fastlb run needs -c FILE, or --listen HOST:PORT and at least one --backend HOST:PORT"))
     try:
-        return configmod.from_dict(quick_config(args.listen, args.backend, args.algorithm, args.admin, args.hash_key))
+        return configmod.from_dict(quick_config(args.listen, args.backend, args.algorithm, args.admin, args.hash_key,
+                                                args.health_path, args.health_interval, args.health_rise,
+                                                args.health_fall))
     except ConfigError as err:
         raise _flag_problems(err) from None
 

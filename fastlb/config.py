@@ -20,8 +20,10 @@ from .model import (
     AdminSpec,
     BackendSpec,
     Config,
+    HealthSpec,
     LimitSpec,
     ListenerSpec,
+    OutlierSpec,
     PoolSpec,
     RouteSpec,
     TimeoutSpec,
@@ -194,7 +196,11 @@ def load_text(text, source="<config>"):
 
 _TOP = ("listeners", "pools", "admin", "timeouts", "limits")
 _POOL_KEYS = ("algorithm", "backends", "retries", "hash_key", "hash_balance_factor", "ewma_decay",
-              "maglev_table_size")
+              "maglev_table_size", "health_check", "outlier_detection", "slow_start")
+_HEALTH_KEYS = ("type", "interval", "down_interval", "timeout", "rise", "fall", "jitter", "method", "path", "host",
+                "expect_status", "expect_body")
+_OUTLIER_KEYS = ("consecutive_failures", "statuses", "base_ejection_time", "max_ejection_time",
+                 "max_ejection_percent")
 HASH_KEY_KINDS = ("ip", "path", "header", "cookie", "query")
 _BACKEND_KEYS = ("address", "weight")
 _LISTENER_KEYS = ("name", "bind", "routes", "pool", "upgrade_protocols")
@@ -304,10 +310,152 @@ def _pools(ctx, value):
                     "at most 104857 (it is %d)" % sum(b.weight for b in backends))
         if algorithm == "maglev" and len(backends) * 7 > table:
             ctx.err(path + ".maglev_table_size", "must be at least 7 x the number of backends (%d)" % (7 * len(backends)))
+        health = _health(ctx, body["health_check"], path + ".health_check") if "health_check" in body else None
+        outlier = OutlierSpec()
+        if "outlier_detection" in body:
+            outlier = _outlier(ctx, body["outlier_detection"], path + ".outlier_detection")
+        slow_start = 0.0
+        if "slow_start" in body:
+            slow_start = ctx.convert(body["slow_start"], path + ".slow_start", parse_duration) or 0.0
+            if caps and caps.get("key"):
+                ctx.err(path + ".slow_start", "does not apply to %s: ramping a hash ring's weights would move "
+                        "keys away and back again" % algorithm)
         pools.append(PoolSpec(name=name, backends=tuple(backends), algorithm=algorithm, retries=retries or 0,
                               hash_key=hash_key, hash_balance_factor=factor, ewma_decay=decay,
-                              maglev_table_size=table))
+                              maglev_table_size=table, health=health, outlier=outlier, slow_start=slow_start))
     return pools
+
+
+def parse_statuses(value):
+    """``200``, ``"200-399"`` or a list of them -> tuple of inclusive (low, high) ranges."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("expected a status, a range like 200-399, or a list of them, got []")
+    ranges = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError("expected a status, a range like 200-399, or a list of them, got %r" % (item,))
+        if isinstance(item, int):
+            lo = hi = item
+        elif isinstance(item, str) and re.match(r"^\s*\d{3}\s*(-\s*\d{3}\s*)?$", item):
+            lo_s, _, hi_s = item.partition("-")
+            lo, hi = int(lo_s), int(hi_s or lo_s)
+        else:
+            raise ValueError("expected a status, a range like 200-399, or a list of them, got %r" % (item,))
+        if not 100 <= lo <= hi <= 599:
+            raise ValueError("statuses are 100-599 with low <= high, got %r" % (item,))
+        ranges.append((lo, hi))
+    return tuple(ranges)
+
+
+def parse_fraction(value):
+    """``0.1`` or ``"10%"`` -> 0.1 (0 to 0.5)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            number = float(value.strip()[:-1]) / 100.0
+        except ValueError:
+            raise ValueError("expected a fraction like 0.1 or 10%%, got %r" % (value,)) from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ValueError("expected a fraction like 0.1 or 10%%, got %r" % (value,))
+    if not 0.0 <= number <= 0.5:
+        raise ValueError("must be between 0 and 0.5 (50%%), got %r" % (value,))
+    return number
+
+
+def _health(ctx, value, path):
+    if ctx.mapping(value, path, _HEALTH_KEYS) is None:
+        return None
+    kw = {}
+    kind = value.get("type", "http")
+    if kind not in ("http", "tcp"):
+        ctx.err(path + ".type", "expected http or tcp, got %r" % (kind,))
+    kw["kind"] = kind
+    for key in ("interval", "down_interval", "timeout"):
+        if key in value:
+            d = ctx.convert(value[key], "%s.%s" % (path, key), parse_duration)
+            if d is not None:
+                kw[key] = d
+    for key in ("rise", "fall"):
+        if key in value:
+            n = ctx.integer(value[key], "%s.%s" % (path, key), 1, 100)
+            if n is not None:
+                kw[key] = n
+    if "jitter" in value:
+        j = ctx.convert(value["jitter"], path + ".jitter", parse_fraction)
+        if j is not None:
+            kw["jitter"] = j
+    if kind == "tcp":
+        for key in ("method", "path", "host", "expect_status", "expect_body"):
+            if key in value:
+                ctx.err("%s.%s" % (path, key), "applies to type http only (type is tcp)")
+    if "method" in value:
+        m = value["method"]
+        if not isinstance(m, str) or not _TOKEN.match(m) or m.upper() == "CONNECT":
+            ctx.err(path + ".method", "expected an HTTP method like GET or HEAD, got %r" % (m,))
+        else:
+            kw["method"] = m.upper()
+    if "path" in value:
+        pth = value["path"]
+        if not isinstance(pth, str) or not pth.startswith("/") or any(c <= " " or c == "\x7f" for c in pth):
+            ctx.err(path + ".path", "expected a path starting with '/' (no spaces), got %r" % (pth,))
+        else:
+            kw["path"] = pth
+    if "host" in value:
+        h = value["host"]
+        name = h.rsplit(":", 1)[0] if isinstance(h, str) and h.count(":") == 1 else h
+        if not isinstance(h, str) or not _HOSTNAME.match(name or ""):
+            ctx.err(path + ".host", "expected a host name (optionally :port), got %r" % (h,))
+        else:
+            kw["host"] = h
+    if "expect_status" in value:
+        st = ctx.convert(value["expect_status"], path + ".expect_status", parse_statuses)
+        if st is not None:
+            kw["expect_status"] = st
+    if "expect_body" in value:
+        b = value["expect_body"]
+        if not isinstance(b, str) or not b:
+            ctx.err(path + ".expect_body", "expected a non-empty string, got %r" % (b,))
+        else:
+            kw["expect_body"] = b
+    spec = HealthSpec(**kw)
+    if spec.timeout > spec.interval:
+        ctx.err(path + ".timeout", "must not exceed interval (%gs): a probe would still run when the next "
+                "one is due" % spec.interval)
+    return spec
+
+
+def _outlier(ctx, value, path):
+    if value is False:
+        return None  # passive detection off
+    if ctx.mapping(value, path, _OUTLIER_KEYS) is None:
+        return OutlierSpec()
+    kw = {}
+    if "consecutive_failures" in value:
+        n = ctx.integer(value["consecutive_failures"], path + ".consecutive_failures", 1, 1000)
+        if n is not None:
+            kw["consecutive_failures"] = n
+    if "statuses" in value:
+        raw = value["statuses"]
+        if not isinstance(raw, list) or not all(isinstance(c, int) and not isinstance(c, bool)
+                                                and 500 <= c <= 599 for c in raw):
+            ctx.err(path + ".statuses", "expected a list of 5xx statuses like [502, 503, 504], got %r" % (raw,))
+        else:
+            kw["statuses"] = tuple(raw)
+    for key in ("base_ejection_time", "max_ejection_time"):
+        if key in value:
+            d = ctx.convert(value[key], "%s.%s" % (path, key), parse_duration)
+            if d is not None:
+                kw[key] = d
+    if "max_ejection_percent" in value:
+        n = ctx.integer(value["max_ejection_percent"], path + ".max_ejection_percent", 0, 100)
+        if n is not None:
+            kw["max_ejection_percent"] = n
+    spec = OutlierSpec(**kw)
+    if spec.max_ejection_time < spec.base_ejection_time:
+        ctx.err(path + ".max_ejection_time", "must be at least base_ejection_time (%gs)" % spec.base_ejection_time)
+    return spec
 
 
 def _listeners(ctx, value, pool_names):

@@ -51,6 +51,35 @@ class BackendSpec:
 
 
 @dataclass(frozen=True)
+class HealthSpec:
+    """Active checks of a pool's backends (docs/health.md)."""
+
+    kind: str = "http"  # "http" (a request through h11) or "tcp" (connect only)
+    interval: float = 5.0  # seconds between checks of one backend
+    down_interval: float = None  # seconds between checks while the backend is down (None: interval)
+    timeout: float = 2.0  # one probe: connect + request + response
+    rise: int = 2  # passes in a row that bring a down backend back
+    fall: int = 3  # failures in a row that take a backend down
+    jitter: float = 0.1  # each delay varies by +- this fraction
+    method: str = "GET"
+    path: str = "/"
+    host: str = None  # Host header of the probe (None: the backend's address)
+    expect_status: tuple = ((200, 399),)  # inclusive ranges of healthy statuses
+    expect_body: str = None  # a substring the body must contain (first 64 KiB)
+
+
+@dataclass(frozen=True)
+class OutlierSpec:
+    """Passive outlier detection (docs/health.md)."""
+
+    consecutive_failures: int = 5  # failures in a row that eject a backend
+    statuses: tuple = (502, 503, 504)  # backend statuses that count as failures
+    base_ejection_time: float = 30.0  # seconds; doubled for each repeated ejection
+    max_ejection_time: float = 300.0  # cap of one ejection
+    max_ejection_percent: int = 50  # of the pool's backends, ejected at once at most
+
+
+@dataclass(frozen=True)
 class PoolSpec:
     name: str
     backends: tuple
@@ -64,6 +93,9 @@ class PoolSpec:
     hash_balance_factor: float = 0.0
     ewma_decay: float = 10.0  # seconds: time constant of the peak-EWMA latency
     maglev_table_size: int = 65537  # prime
+    health: HealthSpec = None  # active checks; None = off
+    outlier: OutlierSpec = field(default_factory=OutlierSpec)  # passive detection; None = off
+    slow_start: float = 0.0  # seconds over which a new or recovered backend ramps to its weight
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from .downstream import (
     CLOSED, EXCHANGE_PAUSES, OPEN, PAUSE_PENDING, PAUSE_PIPELINE, PAUSE_UPSTREAM, ClientConnection,
 )
 from .errors import REASONS
+from .health import report_failure
 from .http1 import (
     COMPLETE, CUT, R_BODY, R_HEAD, R_NONE, REFUSED, Exchange, accepted_upgrade, cookie_value, error_response,
     path_of, query_param, upgrade_offer,
@@ -224,10 +225,9 @@ class ProxyConnection(ClientConnection):
             ex.fail(0)
             self._cut("backend stalled in the response body for %gs" % self.listener.timeouts.response)
         else:
-            backend = self.session.backend
-            if backend is not None:
-                backend.failures_total += 1
-            self._fail(504, "backend did not respond within %gs" % self.listener.timeouts.response)
+            reason = "backend did not respond within %gs" % self.listener.timeouts.response
+            self._count_failure(reason)
+            self._fail(504, reason)
 
     # ---------------------------------------------------------------- phase: head
     def _read_heads(self):
@@ -423,8 +423,14 @@ class ProxyConnection(ClientConnection):
                 self.transport.write(rsc.build_downstream_head(rbuf, b"", False))
             del rbuf[:n]
         listener = self.listener
-        if self.session.pool.measure_latency:
-            self.session.latency_sample(listener.loop.time())
+        session = self.session
+        if session.pool.measure_latency:
+            session.latency_sample(listener.loop.time())
+        backend = session.backend
+        if status in session.pool.fail_statuses:
+            self._count_failure("status %d" % status)
+        elif backend.consecutive_failures:
+            backend.consecutive_failures = 0  # a good answer ends a run of failures
         out = ex.response_head(rsc, rbuf, n, listener.draining)
         self.transport.write(out)
         if ex.outcome == COMPLETE:
@@ -492,7 +498,9 @@ class ProxyConnection(ClientConnection):
                     self.transport.write(out)
                 self._complete()
             else:
-                self._cut("backend closed the connection in the middle of the response body")
+                reason = "backend closed the connection in the middle of the response body"
+                self._count_failure(reason)
+                self._cut(reason)
             return
         if ex.rstate == R_HEAD and not ex.resp_seen and conn.reused and not ex.req_has_body \
                 and ex.idempotent and session.retry_race():
@@ -500,13 +508,10 @@ class ProxyConnection(ClientConnection):
             # reused it. Nothing was answered; resent on a new connection, once.
             ex.rstate = R_NONE
             return
-        backend = session.backend
-        if backend is not None:
-            backend.failures_total += 1
-        if self.rbuf:
-            self._fail(502, "backend closed the connection in the middle of the response head")
-        else:
-            self._fail(502, "backend closed the connection before responding")
+        reason = "backend closed the connection %s" % (
+            "in the middle of the response head" if self.rbuf else "before responding")
+        self._count_failure(reason)
+        self._fail(502, reason)
 
     # --------------------------------------------------------------- phase: finish
     def _complete(self):
@@ -526,10 +531,15 @@ class ProxyConnection(ClientConnection):
             self._refuse(reason)
 
     def _backend_failed(self, status, reason):
-        backend = self.session.backend
-        if backend is not None:
-            backend.failures_total += 1
+        self._count_failure(reason)
         self._fail(status, reason)
+
+    def _count_failure(self, reason):
+        """A failure that counts against the backend (passive outlier detection)."""
+        session = self.session
+        backend = session.backend
+        if backend is not None:
+            report_failure(session.pool, backend, self.listener.loop.time(), reason)
 
     def _refuse(self, reason):
         """Outcome REFUSED: answer with fastlb's own status, then keep or close."""

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 
-from . import _core
+from . import _core, health
 from ._version import __version__
 from .balancer import Pool
 from .http1 import path_of, split_host
@@ -110,7 +110,9 @@ class Server:
         self.loop = loop or asyncio.get_event_loop()
         # random/p2c/ewma draw from a per-process seed; `fastlb simulate` uses fixed seeds.
         seed = int.from_bytes(os.urandom(8), "little")
-        self.pools = {p.name: Pool(p, seed) for p in config.pools}
+        now = self.loop.time()
+        self.pools = {p.name: Pool(p, seed, now) for p in config.pools}
+        self.prober = health.Prober(self.loop, self.pools.values())
         self.listeners = []
         self.admin = None
         self._tick_handle = None
@@ -140,6 +142,7 @@ class Server:
 
             self.admin = AdminServer(self)
             await self.admin.start(self.config.admin.bind.host, self.config.admin.bind.port)
+        self.prober.start()  # one prober per instance (docs/health.md)
         self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
         if not all(is_ip(b.host) for b in self.backends):
             self._resolve_task = self.loop.create_task(self._refresh_names())
@@ -153,6 +156,11 @@ class Server:
             sweep_idle(self.backends, now, self.config.timeouts.upstream_idle)
         except Exception:
             log.exception("idle connection sweep failed")
+        for pool in self.pools.values():
+            try:
+                health.tick(pool, now)  # ejections over, slow start ramps
+            except Exception:
+                log.exception("health tick failed for pool %s", pool.name)
 
     async def _refresh_names(self):
         while True:
@@ -201,6 +209,7 @@ class Server:
         await self.stop()
 
     async def stop(self):
+        self.prober.stop()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None

@@ -37,6 +37,7 @@ import ipaddress
 import logging
 import socket
 
+from .health import report_failure
 from .timers import Timer
 
 __all__ = ["UpstreamConnection", "BackendSession", "acquire", "release", "sweep_idle", "resolve_backends",
@@ -247,9 +248,9 @@ class BackendSession:
 
     def _connect_failed(self, status, reason):
         backend = self.backend
-        backend.failures_total += 1
-        log.warning("backend %s: %s", backend.address, reason)
         pool = self.pool
+        log.warning("backend %s: %s", backend.address, reason)
+        report_failure(pool, backend, self.listener.loop.time(), reason)
         if self.attempts < pool.retries:
             # Nothing reached the backend: safe to try another one, body included
             # (it is still queued in self.pending, the client's reading paused at the mark).

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fastlb import config
+from fastlb import config, health
 from fastlb.balancer import Pool
 
 
@@ -48,10 +48,11 @@ def test_round_robin_weight_change():
 
 def test_disabled_backend_is_never_picked_and_none_left_means_none():
     pool = make_pool()
-    pool.set_state(pool.backends[1], "disabled")
+    assert health.transition(pool, pool.backends[1], "disable", 1.0, "test") == "disabled"
+    assert pool.usable[1] == 0
     assert "9002" not in names(pool, 20)
     for b in pool.backends:
-        pool.set_state(b, "disabled")
+        health.transition(pool, b, "disable", 2.0, "test")
     assert pool.pick() is None
 
 
