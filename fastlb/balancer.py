@@ -105,6 +105,9 @@ class Backend:
         self.addr = host  # the address connects use: ``host`` resolved (upstream.resolve_backends)
 
 
+# Why a request was sent again (Pool.retries_total keys; docs/health.md).
+RETRY_REASONS = ("connect_failed", "connect_timeout", "reset", "closed", "per_try_timeout")
+
 # Effective weights while a backend ramps up: every weight x RAMP_SCALE, the ramping
 # ones x their progress (at least 1), so a weight-1 backend can ramp in 1% steps.
 RAMP_SCALE = 100
@@ -116,6 +119,8 @@ class Pool:
         "name", "algorithm", "retries", "backends", "selector", "fallback", "load", "usable",
         "host_header", "key_kind", "key_name", "measure_latency", "health", "outlier", "slow_start", "fail_statuses",
         "ramping", "_ramp_at", "_weights", "_by_address", "_spec", "_seed",
+        "retry_non_idempotent", "budget_percent", "budget_min", "per_try_timeout",
+        "active", "retries_in_flight", "retries_total", "retry_budget_refused",
     )
 
     def __init__(self, spec, seed=0, now=0.0):
@@ -141,6 +146,15 @@ class Pool:
         self.ramping = False
         self._ramp_at = 0.0
         self._weights = None
+        # retries (upstream.BackendSession) and their budget
+        self.retry_non_idempotent = spec.retry_non_idempotent
+        self.budget_percent = spec.retry_budget_percent
+        self.budget_min = spec.retry_budget_min
+        self.per_try_timeout = spec.per_try_timeout
+        self.active = 0  # requests in flight to this pool's backends
+        self.retries_in_flight = 0  # of them, those on a retry
+        self.retries_total = dict.fromkeys(RETRY_REASONS, 0)
+        self.retry_budget_refused = 0
         self.load = LoadState(len(self.backends), spec.ewma_decay)
         kind, name = spec.hash_key or (None, "")
         self.key_kind = _KEY_KINDS.get(kind, KEY_NONE)
@@ -207,11 +221,21 @@ class Pool:
     # -- live load ----------------------------------------------------------------------
     def started(self, backend):
         backend.requests_total += 1
+        self.active += 1
         self.load.acquire(backend.index)
 
     def finished(self, backend, latency=-1.0, now=0.0):
         """A request to ``backend`` is over; ``latency`` (s) feeds peak-EWMA, -1 = no sample."""
+        self.active -= 1
         self.load.release(backend.index, latency, now)
+
+    def retry_allowed(self):
+        """The retry budget (Envoy's retry_budget): one more retry in flight only while
+        they stay within ``budget_percent`` of the active requests, or ``budget_min``."""
+        limit = self.active * self.budget_percent // 100
+        if limit < self.budget_min:
+            limit = self.budget_min
+        return self.retries_in_flight < limit
 
     # -- admin ----------------------------------------------------------------------------
     def backend(self, address):
@@ -312,6 +336,11 @@ class Pool:
                 "max_ejection_time": self.outlier.max_ejection_time,
                 "max_ejection_percent": self.outlier.max_ejection_percent},
             "slow_start": self.slow_start,
+            "retries": {"max": self.retries, "non_idempotent": self.retry_non_idempotent,
+                        "per_try_timeout": self.per_try_timeout,
+                        "budget": {"percent": self.budget_percent, "min_concurrent": self.budget_min},
+                        "in_flight": self.retries_in_flight, "total": dict(self.retries_total),
+                        "budget_refused": self.retry_budget_refused},
             "usable_backends": sum(self.usable),
             "backends": [self.backend_dict(b, now) for b in self.backends],
         }

@@ -196,7 +196,8 @@ def load_text(text, source="<config>"):
 
 _TOP = ("listeners", "pools", "admin", "timeouts", "limits")
 _POOL_KEYS = ("algorithm", "backends", "retries", "hash_key", "hash_balance_factor", "ewma_decay",
-              "maglev_table_size", "health_check", "outlier_detection", "slow_start")
+              "maglev_table_size", "health_check", "outlier_detection", "slow_start", "retry_non_idempotent",
+              "retry_budget", "per_try_timeout")
 _HEALTH_KEYS = ("type", "interval", "down_interval", "timeout", "rise", "fall", "jitter", "method", "path", "host",
                 "expect_status", "expect_body")
 _OUTLIER_KEYS = ("consecutive_failures", "statuses", "base_ejection_time", "max_ejection_time",
@@ -320,9 +321,32 @@ def _pools(ctx, value):
             if caps and caps.get("key"):
                 ctx.err(path + ".slow_start", "does not apply to %s: ramping a hash ring's weights would move "
                         "keys away and back again" % algorithm)
+        retry_kw = {}
+        if "retry_non_idempotent" in body:
+            flag = body["retry_non_idempotent"]
+            if not isinstance(flag, bool):
+                ctx.err(path + ".retry_non_idempotent", "expected true or false, got %r" % (flag,))
+            else:
+                retry_kw["retry_non_idempotent"] = flag
+        if "retry_budget" in body:
+            rb = body["retry_budget"]
+            if ctx.mapping(rb, path + ".retry_budget", ("percent", "min_concurrent")) is not None:
+                if "percent" in rb:
+                    n = ctx.integer(rb["percent"], path + ".retry_budget.percent", 0, 100)
+                    if n is not None:
+                        retry_kw["retry_budget_percent"] = n
+                if "min_concurrent" in rb:
+                    n = ctx.integer(rb["min_concurrent"], path + ".retry_budget.min_concurrent", 0, 100000)
+                    if n is not None:
+                        retry_kw["retry_budget_min"] = n
+        if "per_try_timeout" in body:
+            d = ctx.convert(body["per_try_timeout"], path + ".per_try_timeout", parse_duration)
+            if d is not None:
+                retry_kw["per_try_timeout"] = d
         pools.append(PoolSpec(name=name, backends=tuple(backends), algorithm=algorithm, retries=retries or 0,
                               hash_key=hash_key, hash_balance_factor=factor, ewma_decay=decay,
-                              maglev_table_size=table, health=health, outlier=outlier, slow_start=slow_start))
+                              maglev_table_size=table, health=health, outlier=outlier, slow_start=slow_start,
+                              **retry_kw))
     return pools
 
 

@@ -96,6 +96,10 @@ class PoolSpec:
     health: HealthSpec = None  # active checks; None = off
     outlier: OutlierSpec = field(default_factory=OutlierSpec)  # passive detection; None = off
     slow_start: float = 0.0  # seconds over which a new or recovered backend ramps to its weight
+    retry_non_idempotent: bool = False  # also resend POST/PATCH/... after a failed try (see docs/health.md)
+    retry_budget_percent: int = 20  # retries in flight <= this share of active requests ...
+    retry_budget_min: int = 3  # ... or this many, whichever is larger (Envoy's retry_budget)
+    per_try_timeout: float = None  # seconds to a response head per try; None = timeouts.response
 
 
 @dataclass(frozen=True)

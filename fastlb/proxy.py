@@ -164,7 +164,7 @@ class ProxyConnection(ClientConnection):
             conn.resume_reading()
         ex = self.ex
         if ex is not None and conn is not None and ex.req_done and ex.rstate != R_NONE and self.state != TUNNEL:
-            self.session.arm_response(self.listener.loop.time())
+            self.session.arm_response(self.listener.loop.time(), ex.rstate == R_HEAD)
 
     def on_upstream_pause(self):
         self.flow.pause(PAUSE_UPSTREAM)
@@ -224,10 +224,25 @@ class ProxyConnection(ClientConnection):
         if ex.resp_started:
             ex.fail(0)
             self._cut("backend stalled in the response body for %gs" % self.listener.timeouts.response)
+            return
+        session = self.session
+        per_try = session.pool.per_try_timeout
+        if per_try is not None and not ex.resp_seen:
+            reason = "backend did not respond within %gs (per_try_timeout)" % per_try
+            self._count_failure(reason)
+            if session.retry("per_try_timeout", self.listener.loop.time()):
+                self._retried()
+                return
         else:
             reason = "backend did not respond within %gs" % self.listener.timeouts.response
             self._count_failure(reason)
-            self._fail(504, reason)
+        self._fail(504, reason)
+
+    def _retried(self):
+        """The session sends the request again on another backend: the exchange waits
+        for that try; the dead connection's write pause is gone with it."""
+        self.ex.rstate = R_NONE
+        self.flow.resume(PAUSE_UPSTREAM)
 
     # ---------------------------------------------------------------- phase: head
     def _read_heads(self):
@@ -306,7 +321,7 @@ class ProxyConnection(ClientConnection):
         else:
             self.state = BODY
             listener.wheel.arm(self.timer, T_BODY, listener.loop.time() + listener.timeouts.client_idle)
-        self.session.start(pool, backend, key, head)
+        self.session.start(pool, backend, key, head, ex.idempotent or pool.retry_non_idempotent)
         # body bytes that arrived with the head
         if self.state == BODY and self.buf and self.ex is ex:
             data = bytes(self.buf)
@@ -337,7 +352,7 @@ class ProxyConnection(ClientConnection):
             conn.pause_reading()
         ex.rstate = R_HEAD
         if ex.req_done:
-            self.session.arm_response(self.listener.loop.time())
+            self.session.arm_response(self.listener.loop.time(), True)
 
     def on_session_failed(self, status, reason):
         self._fail(status, reason)
@@ -368,7 +383,7 @@ class ProxyConnection(ClientConnection):
             self.state = WAIT
             listener.wheel.cancel(self.timer)
             if ex.rstate == R_HEAD:
-                self.session.arm_response(listener.loop.time())
+                self.session.arm_response(listener.loop.time(), True)
 
     # -------------------------------------------------------------- phase: respond
     def on_upstream_data(self, data):
@@ -425,7 +440,7 @@ class ProxyConnection(ClientConnection):
         listener = self.listener
         session = self.session
         if session.pool.measure_latency:
-            session.latency_sample(listener.loop.time())
+            session.latency_sample()
         backend = session.backend
         if status in session.pool.fail_statuses:
             self._count_failure("status %d" % status)
@@ -508,9 +523,18 @@ class ProxyConnection(ClientConnection):
             # reused it. Nothing was answered; resent on a new connection, once.
             ex.rstate = R_NONE
             return
-        reason = "backend closed the connection %s" % (
-            "in the middle of the response head" if self.rbuf else "before responding")
+        reason = "backend %s the connection %s" % (
+            "reset" if exc is not None else "closed", "in the middle of the response head" if self.rbuf
+            else "before responding")
         self._count_failure(reason)
+        if ex.rstate == R_HEAD and not ex.resp_seen \
+                and session.retry("reset" if exc is not None else "closed", self.listener.loop.time()):
+            # Nothing of a response came: an idempotent request (or any, with
+            # retry_non_idempotent) whose body is still held goes to another backend.
+            log.info("%s %s: %s, sent again to another backend (request_id=%s)", ex.method.decode("latin-1"),
+                     ex.target.decode("latin-1"), reason, ex.request_id.decode("latin-1"))
+            self._retried()
+            return
         self._fail(502, reason)
 
     # --------------------------------------------------------------- phase: finish

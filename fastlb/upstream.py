@@ -36,18 +36,23 @@ import functools
 import ipaddress
 import logging
 import socket
+from time import perf_counter
 
 from .health import report_failure
 from .timers import Timer
 
 __all__ = ["UpstreamConnection", "BackendSession", "acquire", "release", "sweep_idle", "resolve_backends",
-           "is_ip", "WRITE_HIGH_WATER"]
+           "is_ip", "WRITE_HIGH_WATER", "RETRY_BODY_LIMIT"]
 
 log = logging.getLogger("fastlb.upstream")
 
 # Transport write-buffer high-water mark (bytes) for both sides: above it the
 # other side stops reading (backpressure); the low mark is a quarter of it.
 WRITE_HIGH_WATER = 256 * 1024
+
+# Body bytes held per request so that it can be resent on another backend after a
+# failed try (never re-read from the client): a larger body makes it not resendable.
+RETRY_BODY_LIMIT = 64 * 1024
 
 # Session timer kinds.
 T_CONNECT = 1  # TCP connect to the backend
@@ -168,7 +173,8 @@ class BackendSession:
     """One request's way to a backend; reused for every request of a client connection."""
 
     __slots__ = ("owner", "listener", "timer", "pool", "backend", "key", "conn", "task", "head",
-                 "attempts", "tried", "fresh_only", "pending", "pending_bytes", "t_sent", "latency")
+                 "attempts", "tried", "fresh_only", "pending", "pending_bytes", "t_sent", "latency",
+                 "hold", "hold_bytes", "retrying")
 
     def __init__(self, owner, listener):
         self.owner = owner
@@ -178,6 +184,7 @@ class BackendSession:
         self.backend = None
         self.conn = None
         self.task = None
+        self.retrying = False
         self._reset()
 
     def _reset(self):
@@ -190,13 +197,23 @@ class BackendSession:
         self.pending_bytes = 0
         self.t_sent = 0.0
         self.latency = -1.0
+        self.hold = None  # body bytes sent so far, kept to resend on a retry (None: not resendable)
+        self.hold_bytes = 0
+        if self.retrying:
+            self.retrying = False
+            self.pool.retries_in_flight -= 1
 
     # ------------------------------------------------------------------ start
-    def start(self, pool, backend, key, head):
-        """Send ``head`` (then the body given to ``send``) to ``backend`` of ``pool``."""
+    def start(self, pool, backend, key, head, resendable):
+        """Send ``head`` (then the body given to ``send``) to ``backend`` of ``pool``.
+        ``resendable``: the request may be sent again after a try fails before any
+        response byte (idempotent, or the pool allows it): its body is held, up to
+        RETRY_BODY_LIMIT bytes, to resend."""
         self.pool = pool
         self.key = key
         self.head = head
+        if resendable and pool.retries:
+            self.hold = []
         self._use(backend)
         self._connect()
 
@@ -248,23 +265,60 @@ class BackendSession:
 
     def _connect_failed(self, status, reason):
         backend = self.backend
-        pool = self.pool
+        now = self.listener.loop.time()
         log.warning("backend %s: %s", backend.address, reason)
-        report_failure(pool, backend, self.listener.loop.time(), reason)
-        if self.attempts < pool.retries:
-            # Nothing reached the backend: safe to try another one, body included
-            # (it is still queued in self.pending, the client's reading paused at the mark).
-            self.attempts += 1
-            if self.tried is None:
-                self.tried = set()
-            self.tried.add(backend.index)
-            nxt = pool.pick_excluding(self.tried, self.key)
-            if nxt is not None:
-                self._unuse(self.listener.loop.time())
-                self._use(nxt)
-                self._connect()
-                return
+        report_failure(self.pool, backend, now, reason)
+        # Nothing reached the backend: safe to try another one whatever the method,
+        # body included (still queued in self.pending, the client's reading paused at the mark).
+        if self._next_backend("connect_timeout" if status == 504 else "connect_failed", now):
+            self._connect()
+            return
         self.owner.on_session_failed(status, reason)
+
+    def _next_backend(self, why, now):
+        """Move this request to another usable backend it has not tried, within
+        ``retries`` and the pool's retry budget; False when none may be used."""
+        pool = self.pool
+        if self.attempts >= pool.retries:
+            return False
+        if not self.retrying and not pool.retry_allowed():
+            pool.retry_budget_refused += 1
+            return False
+        if self.tried is None:
+            self.tried = set()
+        self.tried.add(self.backend.index)
+        nxt = pool.pick_excluding(self.tried, self.key, now)
+        if nxt is None:
+            return False
+        self.attempts += 1
+        pool.retries_total[why] += 1
+        if not self.retrying:
+            self.retrying = True
+            pool.retries_in_flight += 1
+        self._unuse(now)
+        self._use(nxt)
+        self.fresh_only = False
+        return True
+
+    def retry(self, why, now):
+        """A try failed before any response byte (reset, close, per-try timeout): send
+        the request again on another backend, head and held body. False when not
+        allowed (not resendable, its body no longer held, retries or budget used up,
+        no other backend): the caller answers 502/504."""
+        if self.hold is None or self.backend is None:
+            return False
+        conn = self.conn
+        if not self._next_backend(why, now):
+            return False
+        if conn is not None:  # a per-try timeout: that try's connection is abandoned
+            self.conn = None
+            conn.abort()
+        self.listener.wheel.cancel(self.timer)
+        if self.hold:
+            self.pending = list(self.hold)
+            self.pending_bytes = self.hold_bytes
+        self._connect()
+        return True
 
     def _attach(self, conn):
         self.conn = conn
@@ -273,7 +327,7 @@ class BackendSession:
         transport = conn.transport
         transport.write(self.head)
         if self.pool.measure_latency:
-            self.t_sent = self.listener.loop.time()
+            self.t_sent = perf_counter()  # loop.time() has 1 ms steps: too coarse for fast backends
         if self.pending is not None:
             transport.writelines(self.pending)
             self.pending = None
@@ -294,6 +348,13 @@ class BackendSession:
     def send(self, data):
         """Body bytes toward the backend; True when bytes queue beyond the mark
         (still connecting) and the client's reading should pause."""
+        hold = self.hold
+        if hold is not None:
+            if self.hold_bytes + len(data) <= RETRY_BODY_LIMIT:
+                hold.append(data)
+                self.hold_bytes += len(data)
+            else:
+                self.hold = None  # too large to keep: this request is no longer resendable
         conn = self.conn
         if conn is not None:
             conn.transport.write(data)
@@ -305,9 +366,14 @@ class BackendSession:
         return self.pending_bytes > WRITE_HIGH_WATER
 
     # -------------------------------------------------------------- response
-    def arm_response(self, now):
+    def arm_response(self, now, head=False):
+        """The response deadline: to the head (``head``: per_try_timeout when the pool
+        has one), or inactivity in the body (timeouts.response)."""
         listener = self.listener
-        listener.wheel.arm(self.timer, T_RESPONSE, now + listener.timeouts.response)
+        limit = listener.timeouts.response
+        if head and self.pool.per_try_timeout is not None:
+            limit = self.pool.per_try_timeout
+        listener.wheel.arm(self.timer, T_RESPONSE, now + limit)
 
     def touch_response(self, now):
         """Response bytes arrived: push the inactivity deadline back."""
@@ -350,9 +416,11 @@ class BackendSession:
         self._unuse(now)
         self._reset()
 
-    def latency_sample(self, now):
-        """Peak-EWMA sample: request sent -> response head."""
-        self.latency = now - self.t_sent
+    def latency_sample(self):
+        """Peak-EWMA sample: request sent -> response head, on a sub-microsecond
+        clock (uvloop's loop.time() has millisecond resolution, which would make
+        every sub-millisecond backend look equally fast at 0.0 s)."""
+        self.latency = perf_counter() - self.t_sent
 
 
 def is_ip(host):
