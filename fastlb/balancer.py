@@ -29,6 +29,8 @@ from ._core import (
     WeightedRandom,
     key_hash,
 )
+from collections import deque
+
 from .model import ALGORITHMS
 
 __all__ = ["Backend", "Pool", "build_selector", "KEY_NONE", "KEY_IP", "KEY_PATH", "KEY_HEADER", "KEY_COOKIE",
@@ -68,10 +70,11 @@ class Backend:
         "passes", "fails", "checks_total", "checks_passed", "checks_failed",
         "last_check", "last_check_ok", "last_check_detail",
         "consecutive_failures", "ejections", "ejected_until", "last_ejection", "ejections_refused",
-        "requests_total", "failures_total", "idle", "addr",
+        "requests_total", "failures_total", "idle", "addr", "limit", "max_connections", "conns_open",
     )
 
-    def __init__(self, index, host, port, weight, pool_name, state="up", now=0.0):
+    def __init__(self, index, host, port, weight, pool_name, state="up", now=0.0, max_connections=0,
+                 max_in_flight=0):
         self.index = index
         self.host = host
         self.port = port
@@ -103,6 +106,13 @@ class Backend:
         self.failures_total = 0
         self.idle = []  # idle keep-alive upstream connections, most recent last (upstream.py owns them)
         self.addr = host  # the address connects use: ``host`` resolved (upstream.resolve_backends)
+        # Capacity. Each request in flight holds one connection (HTTP/1.1), so the
+        # in-flight limit is the smaller of the two; idle connections beyond
+        # max_connections are closed (upstream.release).
+        self.max_connections = max_connections
+        limits = [n for n in (max_connections, max_in_flight) if n]
+        self.limit = min(limits) if limits else 0  # requests at once; 0 = no limit
+        self.conns_open = 0  # upstream sockets, in use and idle (upstream.UpstreamConnection)
 
 
 # Why a request was sent again (Pool.retries_total keys; docs/health.md).
@@ -121,6 +131,8 @@ class Pool:
         "ramping", "_ramp_at", "_weights", "_by_address", "_spec", "_seed",
         "retry_non_idempotent", "budget_percent", "budget_min", "per_try_timeout",
         "active", "retries_in_flight", "retries_total", "retry_budget_refused",
+        "limited", "queue", "queue_size", "queue_timeout", "queue_full_total", "queue_timeouts_total", "queued_total",
+        "panic", "panic_total",
     )
 
     def __init__(self, spec, seed=0, now=0.0):
@@ -136,9 +148,20 @@ class Pool:
         # fastlb has never seen healthy.
         first = "checking" if spec.health is not None else "up"
         self.backends = [
-            Backend(i, b.address.host, b.address.port, b.weight, spec.name, first, now)
+            Backend(i, b.address.host, b.address.port, b.weight, spec.name, first, now,
+                    spec.max_connections if b.max_connections is None else b.max_connections,
+                    spec.max_in_flight if b.max_in_flight is None else b.max_in_flight)
             for i, b in enumerate(spec.backends)
         ]
+        self.limited = any(b.limit for b in self.backends)
+        self.queue = deque()  # requests waiting for capacity (upstream.py serves them, FIFO)
+        self.queue_size = spec.queue_size
+        self.queue_timeout = spec.queue_timeout
+        self.queue_full_total = 0
+        self.queue_timeouts_total = 0
+        self.queued_total = 0
+        self.panic = spec.panic
+        self.panic_total = 0
         self._by_address = {b.address: b for b in self.backends}
         # Host sent upstream for HTTP/1.0 requests that carry none (HTTP/1.1 requires one).
         self.host_header = self.backends[0].address.encode("ascii")
@@ -180,8 +203,24 @@ class Pool:
     # -- selection ------------------------------------------------------------------
     def pick(self, key=None, now=0.0):
         """The backend for a request (``key``: its hash key bytes, if the pool uses one),
-        or None when no backend is usable (-> 503)."""
-        return self._pick(self.usable, key, now)
+        or None when no backend is usable (-> 503) or every usable one is at its
+        capacity (-> the queue: ``healthy()`` tells the two apart). With ``panic``, a
+        pool with no healthy backend tries every backend not drained or disabled."""
+        backend = self._pick(self.usable, key, now)
+        if backend is None and self.panic and not self.healthy():
+            mask = bytearray(0 if b.state in ("draining", "disabled") else 1 for b in self.backends)
+            backend = self._pick(mask, key, now)
+            if backend is not None:
+                self.panic_total += 1
+        return backend
+
+    def healthy(self):
+        """Backends whose state takes traffic, full or not."""
+        return sum(1 for b in self.backends if b.state in ("up", "slow_start"))
+
+    def has_capacity(self):
+        """Some usable backend can take a request now (a queued one may go)."""
+        return any(self.usable)
 
     def pick_excluding(self, tried, key=None, now=0.0):
         """Pick among usable backends not in ``tried`` (a set of indexes), for retries:
@@ -222,12 +261,19 @@ class Pool:
     def started(self, backend):
         backend.requests_total += 1
         self.active += 1
-        self.load.acquire(backend.index)
+        i = backend.index
+        self.load.acquire(i)
+        if backend.limit and self.load.in_flight(i) >= backend.limit:
+            self.usable[i] = 0  # full: selectors skip it until a request ends
 
     def finished(self, backend, latency=-1.0, now=0.0):
         """A request to ``backend`` is over; ``latency`` (s) feeds peak-EWMA, -1 = no sample."""
         self.active -= 1
-        self.load.release(backend.index, latency, now)
+        i = backend.index
+        self.load.release(i, latency, now)
+        if backend.limit and not self.usable[i] and backend.state in ("up", "slow_start") \
+                and self.load.in_flight(i) < backend.limit:
+            self.usable[i] = 1
 
     def retry_allowed(self):
         """The retry budget (Envoy's retry_budget): one more retry in flight only while
@@ -257,7 +303,8 @@ class Pool:
         """Keep ``usable`` and the ramp in step with ``backend.state``; a backend that
         leaves rotation has its idle pooled connections closed."""
         usable = backend.state in ("up", "slow_start")
-        self.usable[backend.index] = 1 if usable else 0
+        i = backend.index
+        self.usable[i] = 1 if usable and (not backend.limit or self.load.in_flight(i) < backend.limit) else 0
         if not usable:
             idle = backend.idle
             while idle:
@@ -299,6 +346,8 @@ class Pool:
             "state_reason": backend.state_reason,
             "state_for_seconds": round(now - backend.state_since, 3),
             "in_flight": self.load.in_flight(backend.index),
+            "max_in_flight": backend.limit or None,
+            "connections_open": backend.conns_open,
             "requests_total": backend.requests_total,
             "failures_total": backend.failures_total,
             "consecutive_failures": backend.consecutive_failures,
@@ -342,5 +391,9 @@ class Pool:
                         "in_flight": self.retries_in_flight, "total": dict(self.retries_total),
                         "budget_refused": self.retry_budget_refused},
             "usable_backends": sum(self.usable),
+            "queue": {"size": self.queue_size, "timeout": self.queue_timeout, "waiting": len(self.queue),
+                      "queued_total": self.queued_total, "full_total": self.queue_full_total,
+                      "timeouts_total": self.queue_timeouts_total},
+            "panic": self.panic, "panic_total": self.panic_total,
             "backends": [self.backend_dict(b, now) for b in self.backends],
         }

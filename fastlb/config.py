@@ -197,13 +197,14 @@ def load_text(text, source="<config>"):
 _TOP = ("listeners", "pools", "admin", "timeouts", "limits")
 _POOL_KEYS = ("algorithm", "backends", "retries", "hash_key", "hash_balance_factor", "ewma_decay",
               "maglev_table_size", "health_check", "outlier_detection", "slow_start", "retry_non_idempotent",
-              "retry_budget", "per_try_timeout")
+              "retry_budget", "per_try_timeout", "max_connections", "max_in_flight", "queue_size", "queue_timeout",
+              "panic")
 _HEALTH_KEYS = ("type", "interval", "down_interval", "timeout", "rise", "fall", "jitter", "method", "path", "host",
                 "expect_status", "expect_body")
 _OUTLIER_KEYS = ("consecutive_failures", "statuses", "base_ejection_time", "max_ejection_time",
                  "max_ejection_percent")
 HASH_KEY_KINDS = ("ip", "path", "header", "cookie", "query")
-_BACKEND_KEYS = ("address", "weight")
+_BACKEND_KEYS = ("address", "weight", "max_connections", "max_in_flight")
 _LISTENER_KEYS = ("name", "bind", "routes", "pool", "upgrade_protocols")
 _ROUTE_KEYS = ("host", "path_prefix", "pool")
 _TIMEOUT_KEYS = tuple(TimeoutSpec.__dataclass_fields__)
@@ -299,12 +300,18 @@ def _pools(ctx, value):
                 continue
             addr = ctx.convert(b.get("address"), bpath + ".address", parse_address) if "address" in b else None
             weight = ctx.integer(b.get("weight", 1), bpath + ".weight", 1, 1000)
+            caps_kw = {}
+            for key in ("max_connections", "max_in_flight"):
+                if key in b:
+                    n = ctx.integer(b[key], "%s.%s" % (bpath, key), 0, 1000000)
+                    if n is not None:
+                        caps_kw[key] = n
             if addr is not None and str(addr) in seen:
                 ctx.err(bpath + ".address", "%s is already backends[%d]" % (addr, seen[str(addr)]))
             elif addr is not None:
                 seen[str(addr)] = i
             if addr is not None and weight is not None:
-                backends.append(BackendSpec(addr, weight))
+                backends.append(BackendSpec(addr, weight, **caps_kw))
         if algorithm in ("ip_hash", "consistent_hash") and sum(b.weight for b in backends) * 160 > 1 << 24:
             # 160 ring points per weight unit (libketama); the kernel caps the ring at 2^24 points.
             ctx.err(path + ".backends", "the ring would need more than 2^24 points: keep the sum of weights "
@@ -339,6 +346,20 @@ def _pools(ctx, value):
                     n = ctx.integer(rb["min_concurrent"], path + ".retry_budget.min_concurrent", 0, 100000)
                     if n is not None:
                         retry_kw["retry_budget_min"] = n
+        for key, high in (("max_connections", 1000000), ("max_in_flight", 1000000), ("queue_size", 1000000)):
+            if key in body:
+                n = ctx.integer(body[key], "%s.%s" % (path, key), 0, high)
+                if n is not None:
+                    retry_kw[key] = n
+        if "queue_timeout" in body:
+            d = ctx.convert(body["queue_timeout"], path + ".queue_timeout", parse_duration)
+            if d is not None:
+                retry_kw["queue_timeout"] = d
+        if "panic" in body:
+            if not isinstance(body["panic"], bool):
+                ctx.err(path + ".panic", "expected true or false, got %r" % (body["panic"],))
+            else:
+                retry_kw["panic"] = body["panic"]
         if "per_try_timeout" in body:
             d = ctx.convert(body["per_try_timeout"], path + ".per_try_timeout", parse_duration)
             if d is not None:

@@ -90,11 +90,12 @@ def accepted_upgrade(value, offered):
     return all(t.strip(b" \t").partition(b"/")[0].lower() in names for t in value.split(b",") if t.strip())
 
 
-def error_response(status, phrase, body, request_id, is_head, close):
+def error_response(status, phrase, body, request_id, is_head, close, extra=b""):
     """fastlb's own response: JSON ``body`` framed by Content-Length; no body bytes
-    for a HEAD request (RFC 9110 §9.3.2: the same head as GET, without content)."""
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nX-Request-ID: %s\r\n%s\r\n" % (
-        status, phrase, len(body), request_id, b"Connection: close\r\n" if close else b"")
+    for a HEAD request (RFC 9110 §9.3.2: the same head as GET, without content).
+    ``extra``: more header lines (e.g. ``Retry-After: 5\r\n``)."""
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nX-Request-ID: %s\r\n%s%s\r\n" % (
+        status, phrase, len(body), request_id, extra, b"Connection: close\r\n" if close else b"")
     return head if is_head else head + body
 
 

@@ -48,6 +48,8 @@ class Address:
 class BackendSpec:
     address: Address
     weight: int = 1
+    max_connections: int = None  # None: the pool's
+    max_in_flight: int = None  # None: the pool's
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,11 @@ class PoolSpec:
     retry_budget_percent: int = 20  # retries in flight <= this share of active requests ...
     retry_budget_min: int = 3  # ... or this many, whichever is larger (Envoy's retry_budget)
     per_try_timeout: float = None  # seconds to a response head per try; None = timeouts.response
+    max_connections: int = 0  # per backend: upstream sockets open (in use + idle); 0 = no limit
+    max_in_flight: int = 0  # per backend: requests at once; 0 = no limit
+    queue_size: int = 100  # requests that may wait for a backend with capacity (0: 503 at once)
+    queue_timeout: float = 5.0  # seconds a request may wait in the queue, then 503
+    panic: bool = False  # no usable backend: try every backend anyway instead of 503
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from .http1 import (
     COMPLETE, CUT, R_BODY, R_HEAD, R_NONE, REFUSED, Exchange, accepted_upgrade, cookie_value, error_response,
     path_of, query_param, upgrade_offer,
 )
-from .upstream import BackendSession
+from .upstream import BackendSession, dispatch
 
 log = logging.getLogger("fastlb.proxy")
 
@@ -56,12 +56,14 @@ HEAD = 0  # reading a request head (or idle between requests)
 BODY = 1  # request head forwarded; receiving the request body
 WAIT = 2  # request fully received; response in progress
 TUNNEL = 3  # upgraded: bytes relayed both ways
+QUEUED = 4  # request head received; waiting in the pool's queue for a backend with capacity
 
 # Client timer kinds (downstream.py has the closing ones, 10 and up).
 T_IDLE = 1  # keep-alive idle, no byte of a new request yet
 T_HEADER = 2  # head in progress (slowloris bound)
 T_BODY = 3  # client inactivity while sending a request body
 T_TUNNEL = 4  # upgraded connection inactivity
+T_QUEUE = 5  # how long a request may wait in its pool's queue
 
 CRLF = b"\r\n"
 # Pipelined bytes buffered beyond a full request head pause reading.
@@ -140,13 +142,15 @@ class ProxyConnection(ClientConnection):
             # Every complete request was handled as it arrived; what is left is at
             # most a partial head, which can never complete now.
             return self.ex is not None
-        if state == BODY:
+        if state == BODY or (state == QUEUED and not self.ex.req_done):
             # The request body can never complete.
+            self._leave_queue()
             self._fail(400, "client closed the connection before the end of the request body")
             return True
         return True  # WAIT: answer the request in progress (and pipelined ones), then close
 
     def on_disconnect(self):
+        self._leave_queue()
         self.state = HEAD
         ex = self.ex
         self.ex = None
@@ -187,6 +191,8 @@ class ProxyConnection(ClientConnection):
             listener.wheel.arm(self.timer, T_BODY, now + listener.timeouts.client_idle)
         elif state == TUNNEL:
             listener.wheel.arm(self.timer, T_TUNNEL, now + listener.timeouts.tunnel)
+        elif state == QUEUED:
+            pass  # the queue deadline runs on
         else:
             listener.wheel.cancel(self.timer)  # WAIT: the session's response deadline runs
 
@@ -207,6 +213,13 @@ class ProxyConnection(ClientConnection):
         elif kind == T_TUNNEL:
             if self.state == TUNNEL:
                 self._end_tunnel()
+        elif kind == T_QUEUE:
+            if self.state == QUEUED:
+                pool = self.session.pool
+                self._leave_queue()
+                pool.queue_timeouts_total += 1
+                self._refuse_early(503, "pool %s: no backend had capacity within the queue timeout (%gs)" % (
+                    pool.name, pool.queue_timeout), self._retry_after(pool))
 
     def on_send_timeout(self):
         reason = "client stopped reading the response for %gs" % self.listener.timeouts.send
@@ -307,14 +320,24 @@ class ProxyConnection(ClientConnection):
         if pool is None:
             self._refuse_early(404, "no route for this host and path")
             return
-        # phase: select
-        if pool.measure_latency:
-            backend = pool.pick(key, listener.loop.time())
-        else:
-            backend = pool.pick(key)
+        # phase: select (a pool with waiting requests serves them first: FIFO)
+        backend = None
+        if not pool.queue:
+            if pool.measure_latency:
+                backend = pool.pick(key, listener.loop.time())
+            else:
+                backend = pool.pick(key)
         if backend is None:
-            self._refuse_early(503, "no backend available in pool %s" % pool.name)
+            if pool.limited and pool.healthy():
+                self._enqueue(pool, key, head)  # every usable backend is at its capacity
+            else:
+                self._refuse_early(503, "no backend available in pool %s" % pool.name)
             return
+        self._forward(pool, backend, key, head)
+
+    def _forward(self, pool, backend, key, head):
+        ex = self.ex
+        listener = self.listener
         if ex.req_done:
             self.state = WAIT
             listener.wheel.cancel(self.timer)
@@ -322,11 +345,57 @@ class ProxyConnection(ClientConnection):
             self.state = BODY
             listener.wheel.arm(self.timer, T_BODY, listener.loop.time() + listener.timeouts.client_idle)
         self.session.start(pool, backend, key, head, ex.idempotent or pool.retry_non_idempotent)
-        # body bytes that arrived with the head
+        # body bytes that arrived with the head (or while the request waited in the queue)
         if self.state == BODY and self.buf and self.ex is ex:
             data = bytes(self.buf)
             self.buf.clear()
+            self.flow.resume(PAUSE_PIPELINE)
             self._request_body(data)
+
+    # ---------------------------------------------------------------- the queue
+    def _enqueue(self, pool, key, head):
+        """Wait for a backend with capacity, up to ``queue_timeout`` (HAProxy's
+        server queues). A full queue is a 503 at once. While waiting, bytes the
+        client sends are buffered (reading pauses past PIPELINE_SLACK)."""
+        if len(pool.queue) >= pool.queue_size:
+            pool.queue_full_total += 1
+            self._refuse_early(503, "pool %s: every backend is at its capacity and the queue is full (%d)" % (
+                pool.name, pool.queue_size), self._retry_after(pool))
+            return
+        self.session.wait(pool, key, head)
+        pool.queue.append(self)
+        pool.queued_total += 1
+        self.state = QUEUED
+        listener = self.listener
+        listener.wheel.arm(self.timer, T_QUEUE, listener.loop.time() + pool.queue_timeout)
+
+    def on_dequeued(self):
+        """A backend of the pool has capacity (upstream.dispatch): pick it, or wait on."""
+        session = self.session
+        pool = session.pool
+        if self.state != QUEUED or self.phase != OPEN:
+            dispatch(pool, self.listener.loop)  # gone meanwhile: the slot goes to the next one
+            return
+        backend = pool.pick(session.key, self.listener.loop.time())
+        if backend is None:
+            if pool.healthy():
+                pool.queue.appendleft(self)  # taken by another request meanwhile: first in line still
+                return
+            self._leave_queue()
+            self._refuse_early(503, "no backend available in pool %s" % pool.name)
+            return
+        self._forward(pool, backend, session.key, session.head)
+
+    def _leave_queue(self):
+        if self.state == QUEUED:
+            queue = self.session.pool.queue
+            if self in queue:
+                queue.remove(self)
+            self.state = HEAD
+
+    @staticmethod
+    def _retry_after(pool):
+        return b"Retry-After: %d\r\n" % max(1, int(pool.queue_timeout + 0.999))
 
     def _request_key(self, pool):
         """The request's hash key (bytes) for ``pool``, or None when it has none."""
@@ -565,7 +634,7 @@ class ProxyConnection(ClientConnection):
         if backend is not None:
             report_failure(session.pool, backend, self.listener.loop.time(), reason)
 
-    def _refuse(self, reason):
+    def _refuse(self, reason, extra=b""):
         """Outcome REFUSED: answer with fastlb's own status, then keep or close."""
         ex = self.ex
         status = ex.status
@@ -574,14 +643,14 @@ class ProxyConnection(ClientConnection):
                     ex.target.decode("latin-1"), reason, backend.address if backend is not None else "-",
                     ex.request_id.decode("latin-1"))
         keep = ex.keep_client(self.listener.draining)
-        self._write_error(status, reason, not keep)
+        self._write_error(status, reason, not keep, extra)
         self._end_exchange(NEXT if keep else CLOSE, abort=True)
 
-    def _refuse_early(self, status, reason):
+    def _refuse_early(self, status, reason, extra=b""):
         """A request answered before any backend is involved (404, 405, 503). Its
         body is never read, so keep_client closes the connection if it has one."""
         self.ex.fail(status)
-        self._refuse(reason)
+        self._refuse(reason, extra)
 
     def _cut(self, reason):
         """Outcome CUT: the client has part of a response; only a reset is honest."""
@@ -648,11 +717,11 @@ class ProxyConnection(ClientConnection):
             self._write_error(status, reason, True)
             self.close_client()
 
-    def _write_error(self, status, reason, close):
+    def _write_error(self, status, reason, close, extra=b""):
         ex = self.ex
         rid = ex.request_id if ex is not None else self.listener.next_request_id()
         body = json.dumps({"error": reason, "request_id": rid.decode("latin-1")}).encode() + b"\n"
         self.transport.write(error_response(status, REASONS.get(status, "Error").encode(), body, rid,
-                                            ex is not None and ex.is_head, close))
+                                            ex is not None and ex.is_head, close, extra))
         if ex is not None:
             ex.resp_started = True

@@ -29,7 +29,7 @@ from .balancer import Pool
 from .http1 import path_of, split_host
 from .proxy import HEAD, ProxyConnection
 from .timers import Wheel
-from .upstream import is_ip, resolve_backends, sweep_idle
+from .upstream import dispatch, is_ip, resolve_backends, sweep_idle
 
 log = logging.getLogger("fastlb")
 
@@ -120,8 +120,11 @@ class Server:
         self._drain_task = None
         self._resolve_task = None
         t = config.timeouts
-        shortest = min(t.client_header, t.client_idle, t.connect, t.response, t.upstream_idle, t.tunnel,
-                       t.send, t.linger)
+        pool_times = [p.per_try_timeout for p in config.pools if p.per_try_timeout] + [
+            p.queue_timeout for p in config.pools if p.max_connections or p.max_in_flight
+            or any(b.max_connections or b.max_in_flight for b in p.backends)]
+        shortest = min([t.client_header, t.client_idle, t.connect, t.response, t.upstream_idle, t.tunnel,
+                        t.send, t.linger] + pool_times)
         self.tick_interval = max(0.05, min(1.0, shortest / 4))
         self.wheel = Wheel(self.tick_interval, self.loop.time())
         self.backends = [b for pool in self.pools.values() for b in pool.backends]
@@ -159,6 +162,8 @@ class Server:
         for pool in self.pools.values():
             try:
                 health.tick(pool, now)  # ejections over, slow start ramps
+                for _ in range(min(len(pool.queue), sum(pool.usable))):
+                    dispatch(pool, self.loop)  # capacity that came back with a state change
             except Exception:
                 log.exception("health tick failed for pool %s", pool.name)
 

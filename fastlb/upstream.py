@@ -41,7 +41,7 @@ from time import perf_counter
 from .health import report_failure
 from .timers import Timer
 
-__all__ = ["UpstreamConnection", "BackendSession", "acquire", "release", "sweep_idle", "resolve_backends",
+__all__ = ["UpstreamConnection", "BackendSession", "acquire", "release", "dispatch", "sweep_idle", "resolve_backends",
            "is_ip", "WRITE_HIGH_WATER", "RETRY_BODY_LIMIT"]
 
 log = logging.getLogger("fastlb.upstream")
@@ -74,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.backend.conns_open += 1
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data):
@@ -93,6 +94,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.closed = True
+        self.backend.conns_open -= 1
         peer = self.peer
         if peer is not None:
             self.peer = None
@@ -150,13 +152,21 @@ def release(conn, now, max_idle):
     if conn.closed or max_idle <= 0:
         conn.close()
         return
-    idle = conn.backend.idle
-    if len(idle) >= max_idle:
+    backend = conn.backend
+    idle = backend.idle
+    if len(idle) >= max_idle or (backend.max_connections and backend.conns_open > backend.max_connections):
         conn.close()
         return
     conn.idle_since = now
     conn.resume_reading()  # an idle connection must see the backend's FIN at once
     idle.append(conn)
+
+
+def dispatch(pool, loop):
+    """A backend of ``pool`` may have capacity: the first waiting request tries it
+    (on the next loop turn, outside the caller's callback)."""
+    if pool.queue and pool.has_capacity():
+        loop.call_soon(pool.queue.popleft().on_dequeued)
 
 
 def sweep_idle(backends, now, idle_timeout):
@@ -217,6 +227,12 @@ class BackendSession:
         self._use(backend)
         self._connect()
 
+    def wait(self, pool, key, head):
+        """The request waits in ``pool``'s queue: keep what ``start`` will need."""
+        self.pool = pool
+        self.key = key
+        self.head = head
+
     def _use(self, backend):
         self.backend = backend
         self.pool.started(backend)
@@ -225,10 +241,13 @@ class BackendSession:
         backend = self.backend
         if backend is not None:
             self.backend = None
+            pool = self.pool
             if self.latency >= 0:
-                self.pool.finished(backend, self.latency, now)
+                pool.finished(backend, self.latency, now)
             else:
-                self.pool.finished(backend)
+                pool.finished(backend)
+            if pool.queue:
+                dispatch(pool, self.listener.loop)
 
     def _connect(self):
         backend = self.backend
