@@ -142,9 +142,19 @@ class ProxyConnection(ClientConnection):
             # Every complete request was handled as it arrived; what is left is at
             # most a partial head, which can never complete now.
             return self.ex is not None
-        if state == BODY or (state == QUEUED and not self.ex.req_done):
-            # The request body can never complete.
+        if state == QUEUED:
+            # A client gone (or half-closed) while its request waits for capacity: the
+            # request is dropped, never forwarded (HAProxy's abortonclose for queues).
+            pool = self.session.pool
             self._leave_queue()
+            log.info("client %s closed while its request waited in pool %s's queue: dropped",
+                     self.client_ip.decode("latin-1"), pool.name)
+            self.ex = None
+            self.session.finish(self.listener.loop.time())
+            self.close_client()
+            return False
+        if state == BODY:
+            # The request body can never complete.
             self._fail(400, "client closed the connection before the end of the request body")
             return True
         return True  # WAIT: answer the request in progress (and pipelined ones), then close
