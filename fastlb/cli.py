@@ -97,14 +97,6 @@ def quick_config(listen, backends, algorithm=None, admin=None, hash_key=None, he
             raise ConfigError(("--health-path", "required with --health-interval/--health-rise/--health-fall"))
         check["method"] = "GET"
         check["expect_status"] = "200-399"
-        interval = check.get("interval", 5)
-        if isinstance(interval, str):
-            try:
-                interval = float(interval)
-            except ValueError:
-                interval = None
-        if interval is not None and interval < 2:
-            check["timeout"] = interval  # the default 2 s probe timeout must fit in the interval
         pool["health_check"] = check
     problems = []
     for i, text in enumerate(backends):
@@ -136,7 +128,6 @@ _FLAG_PATHS = (
     ("pools.default.health_check.interval", "--health-interval"),
     ("pools.default.health_check.rise", "--health-rise"),
     ("pools.default.health_check.fall", "--health-fall"),
-    ("pools.default.health_check.timeout", "--health-interval"),
 )
 
 

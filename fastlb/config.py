@@ -449,9 +449,10 @@ def _health(ctx, value, path):
             kw["path"] = pth
     if "host" in value:
         h = value["host"]
-        name = h.rsplit(":", 1)[0] if isinstance(h, str) and h.count(":") == 1 else h
-        if not isinstance(h, str) or not _HOSTNAME.match(name or ""):
-            ctx.err(path + ".host", "expected a host name (optionally :port), got %r" % (h,))
+        name, port = (h.rsplit(":", 1) if h.count(":") == 1 else (h, None)) if isinstance(h, str) else ("", None)
+        if not isinstance(h, str) or not _HOSTNAME.match(name or "") \
+                or (port is not None and not (port.isdigit() and 1 <= int(port) <= 65535)):
+            ctx.err(path + ".host", "expected a host name, optionally with :PORT (1-65535), got %r" % (h,))
         else:
             kw["host"] = h
     if "expect_status" in value:
@@ -464,10 +465,12 @@ def _health(ctx, value, path):
             ctx.err(path + ".expect_body", "expected a non-empty string, got %r" % (b,))
         else:
             kw["expect_body"] = b
+    if "timeout" not in kw:
+        kw["timeout"] = min(HealthSpec.timeout, kw.get("interval", HealthSpec.interval))
     spec = HealthSpec(**kw)
     if spec.timeout > spec.interval:
-        ctx.err(path + ".timeout", "must not exceed interval (%gs): a probe would still run when the next "
-                "one is due" % spec.interval)
+        ctx.err(path + ".timeout", "must not exceed interval (%gs): checks would come less often than the "
+                "interval says" % spec.interval)
     return spec
 
 

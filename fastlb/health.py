@@ -36,9 +36,10 @@ the configured statuses from the backend count as failures; any other response
 resets the count. ``consecutive_failures`` in a row eject the backend for
 ``base_ejection_time`` x 2^(n-1) for its n-th ejection, at most
 ``max_ejection_time``; never more than ``max_ejection_percent`` of the pool's
-backends are ejected at once (rounded down: a pool of one is never ejected). The
-ejection count falls back to zero once the backend has stayed in rotation for
-``max_ejection_time`` after its last ejection.
+backends are ejected at once (rounded down: below 100%, a pool of one is never
+ejected). The ejection count falls back to zero at the first tick, at least
+``max_ejection_time`` after its last ejection ended, that finds the backend in
+rotation.
 
 Active checks (``Prober``, the only asyncio part): one task per checked backend,
 at most one probe in flight per backend, each probe its own connection (never
@@ -129,7 +130,7 @@ def transition(pool, backend, event, now, reason):
     if target == CHECKING:
         backend.passes = 0
         backend.fails = 0
-    if target == EJECTED:
+    if target == EJECTED and pool.outlier is not None:
         backend.ejections += 1
         base = pool.outlier.base_ejection_time
         backend.ejected_until = now + min(base * (1 << min(backend.ejections - 1, 30)),
@@ -212,58 +213,74 @@ def tick(pool, now):
 
 # ----------------------------------------------------------------------- probes
 class _ProbeProtocol(asyncio.Protocol):
-    """Collects a probe's response bytes; no parsing here (h11 does it)."""
+    """Reads one probe response with h11 as it arrives; ``done`` resolves with
+    (ok, detail) at the end of the response, a close, an error or the body limit.
+    The end of the message is enough: a backend that keeps the connection open
+    despite ``Connection: close`` still passes."""
 
-    def __init__(self, done, limit):
+    def __init__(self, done, spec):
         self.done = done
-        self.limit = limit
-        self.data = bytearray()
+        self.spec = spec
         self.transport = None
+        self.conn = h11.Connection(h11.CLIENT)
+        self.conn.send(h11.Request(method=spec.method, target=spec.path, headers=[("Host", "x")]))
+        self.conn.send(h11.EndOfMessage())
+        self.status = None
+        self.body = bytearray()
+        self.received = 0
 
     def connection_made(self, transport):
         self.transport = transport
 
     def data_received(self, data):
-        self.data += data
-        if len(self.data) > self.limit and not self.done.done():
-            self.done.set_result(None)
+        self.received += len(data)
+        self.conn.receive_data(data)
+        self._events()
 
     def eof_received(self):
-        if not self.done.done():
-            self.done.set_result(None)
+        self.conn.receive_data(b"")
+        self._events()
         return False
 
     def connection_lost(self, exc):
+        self._finish(False, "connection closed before a response" if self.status is None
+                     else "status %d, response cut short" % self.status)
+
+    def _finish(self, ok, detail):
         if not self.done.done():
-            self.done.set_result(None)
+            self.done.set_result((ok, detail))
+
+    def _events(self):
+        spec = self.spec
+        try:
+            while not self.done.done():
+                ev = self.conn.next_event()
+                if ev is h11.NEED_DATA:
+                    if len(self.body) >= PROBE_BODY_LIMIT and self.status is not None:
+                        self._finish(*_verdict(spec, self.status, self.body))
+                    return
+                if isinstance(ev, h11.Response):
+                    self.status = ev.status_code
+                elif isinstance(ev, h11.Data):
+                    if len(self.body) < PROBE_BODY_LIMIT:
+                        self.body += ev.data[:PROBE_BODY_LIMIT - len(self.body)]
+                elif isinstance(ev, h11.EndOfMessage):
+                    self._finish(*_verdict(spec, self.status, self.body))
+                elif isinstance(ev, h11.ConnectionClosed):
+                    self._finish(False, "connection closed before a response")
+        except h11.RemoteProtocolError as exc:
+            if self.status is None:
+                self._finish(False, "connection closed before a response" if not self.received
+                             else "invalid response: %s" % exc)
+            else:
+                self._finish(False, "status %d, response cut short or invalid: %s" % (self.status, exc))
 
 
-PROBE_BODY_LIMIT = 64 * 1024  # response bytes a probe reads at most (for expect_body)
+PROBE_BODY_LIMIT = 64 * 1024  # response body bytes a probe reads at most (for expect_body)
 
 
-def _http_verdict(spec, raw):
-    """(ok, detail) for the bytes an HTTP probe received."""
-    conn = h11.Connection(h11.CLIENT)
-    conn.send(h11.Request(method=spec.method, target=spec.path, headers=[("Host", "x")]))
-    conn.send(h11.EndOfMessage())
-    conn.receive_data(bytes(raw))
-    conn.receive_data(b"")
-    status = None
-    body = bytearray()
-    try:
-        while True:
-            ev = conn.next_event()
-            if isinstance(ev, h11.Response):
-                status = ev.status_code
-            elif isinstance(ev, h11.Data):
-                body += ev.data
-            elif isinstance(ev, h11.EndOfMessage) or ev is h11.NEED_DATA or isinstance(ev, h11.ConnectionClosed):
-                break
-    except h11.RemoteProtocolError as exc:
-        if status is None:
-            return False, "invalid response: %s" % exc
-    if status is None:
-        return False, "no response" if not raw else "incomplete response head"
+def _verdict(spec, status, body):
+    """(ok, detail) for a complete (or limit-long) probe response."""
     if not any(lo <= status <= hi for lo, hi in spec.expect_status):
         return False, "status %d" % status
     if spec.expect_body is not None and spec.expect_body.encode() not in body:
@@ -278,15 +295,14 @@ async def probe(loop, spec, host, port, host_header):
     held = []  # the transport, once connected, so that it is closed on every exit
 
     async def run():
-        transport, proto = await loop.create_connection(lambda: _ProbeProtocol(done, PROBE_BODY_LIMIT), host, port)
+        transport, _ = await loop.create_connection(lambda: _ProbeProtocol(done, spec), host, port)
         held.append(transport)
         if spec.kind == "tcp":
             return True, "connected"
         head = "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: fastlb-health\r\nConnection: close\r\n\r\n" % (
             spec.method, spec.path, spec.host or host_header)
         transport.write(head.encode("latin-1"))
-        await done
-        return _http_verdict(spec, proto.data)
+        return await done
 
     try:
         return await asyncio.wait_for(run(), spec.timeout)

@@ -42,7 +42,7 @@ from .downstream import (
     CLOSED, EXCHANGE_PAUSES, OPEN, PAUSE_PENDING, PAUSE_PIPELINE, PAUSE_UPSTREAM, ClientConnection,
 )
 from .errors import REASONS
-from .health import report_failure
+from .health import report_failure, report_success
 from .http1 import (
     COMPLETE, CUT, R_BODY, R_HEAD, R_NONE, REFUSED, Exchange, accepted_upgrade, cookie_value, error_response,
     path_of, query_param, upgrade_offer,
@@ -524,7 +524,7 @@ class ProxyConnection(ClientConnection):
         if status in session.pool.fail_statuses:
             self._count_failure("status %d" % status)
         elif backend.consecutive_failures:
-            backend.consecutive_failures = 0  # a good answer ends a run of failures
+            report_success(backend)  # a good answer ends a run of failures
         out = ex.response_head(rsc, rbuf, n, listener.draining)
         self.transport.write(out)
         if ex.outcome == COMPLETE:
