@@ -132,7 +132,7 @@ class Pool:
         "retry_non_idempotent", "budget_percent", "budget_min", "per_try_timeout",
         "active", "retries_in_flight", "retries_total", "retry_budget_refused",
         "limited", "queue", "queue_size", "queue_timeout", "queue_full_total", "queue_timeouts_total", "queued_total",
-        "panic", "panic_total",
+        "panic", "panic_total", "unavailable_total", "queue_wait_seconds_total",
     )
 
     def __init__(self, spec, seed=0, now=0.0):
@@ -162,6 +162,8 @@ class Pool:
         self.queued_total = 0
         self.panic = spec.panic
         self.panic_total = 0
+        self.unavailable_total = 0  # 503: no usable backend
+        self.queue_wait_seconds_total = 0.0  # time requests spent in the queue, served or not
         self._by_address = {b.address: b for b in self.backends}
         # Host sent upstream for HTTP/1.0 requests that carry none (HTTP/1.1 requires one).
         self.host_header = self.backends[0].address.encode("ascii")
@@ -393,7 +395,9 @@ class Pool:
             "usable_backends": sum(self.usable),
             "queue": {"size": self.queue_size, "timeout": self.queue_timeout, "waiting": len(self.queue),
                       "queued_total": self.queued_total, "full_total": self.queue_full_total,
-                      "timeouts_total": self.queue_timeouts_total},
+                      "timeouts_total": self.queue_timeouts_total,
+                      "wait_seconds_total": round(self.queue_wait_seconds_total, 6)},
+            "unavailable_total": self.unavailable_total,
             "panic": self.panic, "panic_total": self.panic_total,
             "backends": [self.backend_dict(b, now) for b in self.backends],
         }

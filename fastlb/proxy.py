@@ -341,6 +341,7 @@ class ProxyConnection(ClientConnection):
             if pool.limited and pool.healthy():
                 self._enqueue(pool, key, head)  # every usable backend is at its capacity
             else:
+                pool.unavailable_total += 1
                 self._refuse_early(503, "no backend available in pool %s" % pool.name)
             return
         self._forward(pool, backend, key, head)
@@ -377,7 +378,9 @@ class ProxyConnection(ClientConnection):
         pool.queued_total += 1
         self.state = QUEUED
         listener = self.listener
-        listener.wheel.arm(self.timer, T_QUEUE, listener.loop.time() + pool.queue_timeout)
+        now = listener.loop.time()
+        self.session.t_queued = now
+        listener.wheel.arm(self.timer, T_QUEUE, now + pool.queue_timeout)
 
     def on_dequeued(self):
         """A backend of the pool has capacity (upstream.dispatch): pick it, or wait on."""
@@ -392,15 +395,20 @@ class ProxyConnection(ClientConnection):
                 pool.queue.appendleft(self)  # taken by another request meanwhile: first in line still
                 return
             self._leave_queue()
+            pool.unavailable_total += 1
             self._refuse_early(503, "no backend available in pool %s" % pool.name)
             return
+        self._leave_queue()
         self._forward(pool, backend, session.key, session.head)
 
     def _leave_queue(self):
         if self.state == QUEUED:
-            queue = self.session.pool.queue
+            session = self.session
+            pool = session.pool
+            queue = pool.queue
             if self in queue:
                 queue.remove(self)
+            pool.queue_wait_seconds_total += self.listener.loop.time() - session.t_queued
             self.state = HEAD
 
     @staticmethod

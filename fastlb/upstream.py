@@ -184,7 +184,7 @@ class BackendSession:
 
     __slots__ = ("owner", "listener", "timer", "pool", "backend", "key", "conn", "task", "head",
                  "attempts", "tried", "fresh_only", "pending", "pending_bytes", "t_sent", "latency",
-                 "hold", "hold_bytes", "retrying")
+                 "hold", "hold_bytes", "retrying", "t_queued")
 
     def __init__(self, owner, listener):
         self.owner = owner
@@ -195,6 +195,7 @@ class BackendSession:
         self.conn = None
         self.task = None
         self.retrying = False
+        self.t_queued = 0.0
         self._reset()
 
     def _reset(self):

@@ -103,9 +103,13 @@ def test_full_backend_queues_then_503_with_retry_after(fastlb, backends):
         _assert_503_retry_after(r, "within the queue timeout")
         assert r[3] < 2.4, "a queued request waited past queue_timeout until a backend freed up"
     assert b.request_count == 2  # the refused ones never reached it
-    q = _pool_state(proc)["queue"]
+    state = _pool_state(proc)
+    q = state["queue"]
+    wait = q.pop("wait_seconds_total")
     assert q == {"size": 3, "timeout": 1.0, "waiting": 0, "queued_total": 3, "full_total": 2,
                  "timeouts_total": 3}, q
+    assert 3 * 0.9 <= wait < 3 * 2.4, wait  # three requests waited about a queue timeout each
+    assert state["unavailable_total"] == 0  # a full pool is not an unavailable one
 
 
 def test_queued_requests_are_served_in_arrival_order_when_capacity_frees(fastlb, backends):
@@ -195,4 +199,5 @@ def test_panic_tries_every_backend_when_none_is_healthy(fastlb, backends, panic)
         assert _pool_state(proc)["panic_total"] == 1
     else:
         assert r.status_code == 503
+        assert _pool_state(proc)["unavailable_total"] == 1
         assert all(b.request_count == 0 or all(q.path == "/status" for q in b.requests) for b in backends[:2])
