@@ -312,6 +312,10 @@ class ProxyConnection(ClientConnection):
             data = bytes(self.buf)
             self.buf.clear()
             self._request_body(data)
+        if self.state == BODY and self.client_eof and self.ex is ex:
+            # A pipelined request whose body was still incomplete when the client
+            # half-closed: no more bytes can come (eof_received ran before it started).
+            self._fail(400, "client closed the connection before the end of the request body")
 
     def _request_key(self, pool):
         """The request's hash key (bytes) for ``pool``, or None when it has none."""
