@@ -362,6 +362,10 @@ class ProxyConnection(ClientConnection):
             self.buf.clear()
             self.flow.resume(PAUSE_PIPELINE)
             self._request_body(data)
+        if self.state == BODY and self.client_eof and self.ex is ex:
+            # A pipelined request whose body was still incomplete when the client
+            # half-closed: no more bytes can come (eof_received ran before it started).
+            self._fail(400, "client closed the connection before the end of the request body")
 
     # ---------------------------------------------------------------- the queue
     def _enqueue(self, pool, key, head):

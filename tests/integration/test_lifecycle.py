@@ -502,6 +502,27 @@ def test_item05_half_closed_client_gets_all_pipelined_answers(fastlb, backends):
     s.close()
 
 
+def test_item05_half_closed_client_pipelined_request_with_incomplete_body_gets_400(fastlb, backends):
+    """The half-close arrives before the second request's body starts: no more bytes can
+    come, so it is a 400 at once, not a wait for client_idle (30 s here)."""
+    proc = fastlb(pool_doc(backends[:1], timeouts={"client_idle": "30s", "client_header": "30s"}))
+    s = proc.connect()
+    s.sendall(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+              b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nCCCC")
+    s.shutdown(socket.SHUT_WR)
+    reader = ResponseReader(s, timeout=10)
+    resp, body = reader.next()
+    assert resp.status_code == 200 and json.loads(body)["path"] == "/a"
+    t0 = time.monotonic()
+    resp, body = reader.next("POST")
+    assert resp.status_code == 400, (resp, body)
+    assert recv_until_closed(s, timeout=10) == b""
+    assert time.monotonic() - t0 < 10, "waited for client_idle instead of answering at once"
+    s.close()
+    # the backend never saw a complete /b
+    assert [r.path for r in backends[0].requests if r.complete] == ["/a"]
+
+
 # ------------------------------------------------------------------ item 6
 WS_REQ = (b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")

@@ -28,12 +28,16 @@ Records (read from any thread; every read returns a snapshot taken under a lock)
   headers as a list of (name, value) bytes in received order, body bytes,
   body_len, http_version, keep_alive, expect_continue, conn index) across
   connections, in arrival order; chunked trailer fields go to ``trailers``;
-  ``srv.connection_count``; ``srv.reset()``; ``srv.wait_until(pred)``;
+  ``srv.connection_count``; ``srv.reset()``; ``srv.wait_until(pred)``; ``srv.settle()``
+  (returns once connections already queued in the kernel are accepted and recorded);
   ``srv.close_idle_connections()`` (FIN every keep-alive connection waiting for a request).
 
 Endpoints (path based; unknown paths behave like ``/``; every response carries
 ``X-Backend: NAME``; ``HEAD`` gets the GET's head with no body; ``srv.delay = S``
-makes every answer wait S seconds, a slow backend):
+makes every answer wait S seconds, a slow backend; ``srv.echo_request_id = True`` adds
+``X-Echo-Request-ID: VALUE`` (the request's first X-Request-ID, when it has one) to every
+response with a Content-Length or chunked head, i.e. all but the raw ones of /hop,
+/keepalive-leftover, /halfhead, /ws and the close-delimited ``?close=1`` bodies):
 
     /                      200 JSON {"backend","method","path","target","headers":{lower: value},
                            "conn","peer_port"}; ``?close=1`` adds Connection: close and closes
@@ -477,11 +481,15 @@ class _BackendProtocol(asyncio.Protocol):
         if not self.writable.is_set():
             await self.writable.wait()
 
-    def _write_head(self, code, headers, length, close, chunked=False):
+    def _write_head(self, code, headers, length, close, chunked=False, rec=None):
         lines = [b"HTTP/1.1 %d %s\r\n" % (code, _reason(code).encode("latin-1"))]
         for name, value in headers:
             lines.append(b"%s: %s\r\n" % (name, value))
         lines.append(b"X-Backend: %s\r\n" % self.server.name.encode("latin-1"))
+        if rec is not None and self.server.echo_request_id:
+            rid = rec.header(b"x-request-id")
+            if rid is not None:
+                lines.append(b"X-Echo-Request-ID: %s\r\n" % rid)
         if chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         elif length is not None:
@@ -495,7 +503,7 @@ class _BackendProtocol(asyncio.Protocol):
         """A whole Content-Length response; returns keep-alive."""
         close = close or not rec.keep_alive
         bodiless = code in (204, 304) or 100 <= code < 200
-        self._write_head(code, headers, None if bodiless else len(body), close)
+        self._write_head(code, headers, None if bodiless else len(body), close, rec=rec)
         if rec.method != "HEAD" and not bodiless and body:
             self.transport.write(body)
         return not close
@@ -568,7 +576,7 @@ class _BackendProtocol(asyncio.Protocol):
             delay = _number(q, "delay", 1.0, float)
             body = json.dumps(self._info(rec)).encode("utf-8")
             close = not rec.keep_alive
-            self._write_head(200, [(b"Content-Type", b"application/json")], len(body), close)
+            self._write_head(200, [(b"Content-Type", b"application/json")], len(body), close, rec=rec)
             if rec.method == "HEAD":
                 return not close
             await asyncio.sleep(min(max(delay or 0.0, 0.0), MAX_DELAY))
@@ -640,7 +648,7 @@ class _BackendProtocol(asyncio.Protocol):
         if q.get("chunked") == "1":
             close = not rec.keep_alive
             step = _number(q, "chunk", 16 * 1024) or 16 * 1024
-            self._write_head(200, [(b"Content-Type", ctype)], None, close, chunked=True)
+            self._write_head(200, [(b"Content-Type", ctype)], None, close, chunked=True, rec=rec)
             if head_only:
                 return not close
             for i in range(0, len(body), max(step, 1)):
@@ -667,7 +675,7 @@ class _BackendProtocol(asyncio.Protocol):
                 b"X-Backend: %s\r\nConnection: close\r\n\r\n" % name
             )
         else:
-            self._write_head(200, [ctype], n, close, chunked=chunked)
+            self._write_head(200, [ctype], n, close, chunked=chunked, rec=rec)
         if rec.method == "HEAD":
             return not close
         sent = 0
@@ -736,6 +744,10 @@ class BackendServer:
         self.raw_limit = raw_limit if record else 0
         self.record = record
         self.delay = 0.0  # seconds every response waits after the request body; settable any time
+        # When true, every response written by _write_head for a parsed request carries
+        # X-Echo-Request-ID: the request's first X-Request-ID value (when it had one), so
+        # a client can pair the responses it got with the requests the backend saw.
+        self.echo_request_id = False
         self._lock = threading.Lock()
         self._connections = []
         self._requests = []
@@ -861,6 +873,14 @@ class BackendServer:
             return n
 
         return self._call(do, timeout)
+
+    def settle(self, rounds=3, timeout=5.0):
+        """Return once the backend's loop has run ``rounds`` more iterations, each polling
+        for I/O: a connection already waiting in the kernel's accept queue (say, one a
+        proxy opened and abandoned) is then accepted and recorded, so a test can tell
+        which connections came before a ``reset()``."""
+        for _ in range(rounds):
+            self._call(lambda: None, timeout)
 
     def _call(self, fn, timeout):
         loop = self._loop
