@@ -253,19 +253,26 @@ class ProxyConnection(ClientConnection):
         if per_try is not None and not ex.resp_seen:
             reason = "backend did not respond within %gs (per_try_timeout)" % per_try
             self._count_failure(reason)
-            if session.retry("per_try_timeout", self.listener.loop.time()):
-                self._retried()
+            if self._retry("per_try_timeout"):
                 return
         else:
             reason = "backend did not respond within %gs" % self.listener.timeouts.response
             self._count_failure(reason)
         self._fail(504, reason)
 
-    def _retried(self):
-        """The session sends the request again on another backend: the exchange waits
-        for that try; the dead connection's write pause is gone with it."""
-        self.ex.rstate = R_NONE
+    def _retry(self, why):
+        """Send the request again on another backend (session.retry); False when not
+        allowed. The exchange is reset to "no try attached" first: the new try may
+        attach at once (an idle pooled connection), and its attach sets the state
+        the response needs. The dead connection's write pause goes with it."""
+        ex = self.ex
+        rstate = ex.rstate
+        ex.rstate = R_NONE
         self.flow.resume(PAUSE_UPSTREAM)
+        if self.session.retry(why, self.listener.loop.time()):
+            return True
+        ex.rstate = rstate
+        return False
 
     # ---------------------------------------------------------------- phase: head
     def _read_heads(self):
@@ -609,22 +616,23 @@ class ProxyConnection(ClientConnection):
                 self._cut(reason)
             return
         if ex.rstate == R_HEAD and not ex.resp_seen and conn.reused and not ex.req_has_body \
-                and ex.idempotent and session.retry_race():
+                and ex.idempotent and not session.fresh_only:
             # The keep-alive race: the backend closed an idle connection just as we
-            # reused it. Nothing was answered; resent on a new connection, once.
+            # reused it. Nothing was answered; resent on a new connection, once
+            # (the state is reset first, as in _retry).
             ex.rstate = R_NONE
-            return
+            if session.retry_race():
+                return
+            ex.rstate = R_HEAD
         reason = "backend %s the connection %s" % (
             "reset" if exc is not None else "closed", "in the middle of the response head" if self.rbuf
             else "before responding")
         self._count_failure(reason)
-        if ex.rstate == R_HEAD and not ex.resp_seen \
-                and session.retry("reset" if exc is not None else "closed", self.listener.loop.time()):
+        if ex.rstate == R_HEAD and not ex.resp_seen and self._retry("reset" if exc is not None else "closed"):
             # Nothing of a response came: an idempotent request (or any, with
             # retry_non_idempotent) whose body is still held goes to another backend.
             log.info("%s %s: %s, sent again to another backend (request_id=%s)", ex.method.decode("latin-1"),
                      ex.target.decode("latin-1"), reason, ex.request_id.decode("latin-1"))
-            self._retried()
             return
         self._fail(502, reason)
 

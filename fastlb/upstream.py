@@ -38,7 +38,7 @@ import logging
 import socket
 from time import perf_counter
 
-from .health import report_failure
+from .health import USABLE_STATES, report_failure
 from .timers import Timer
 
 __all__ = ["UpstreamConnection", "BackendSession", "acquire", "release", "dispatch", "sweep_idle", "resolve_backends",
@@ -154,7 +154,8 @@ def release(conn, now, max_idle):
         return
     backend = conn.backend
     idle = backend.idle
-    if len(idle) >= max_idle or (backend.max_connections and backend.conns_open > backend.max_connections):
+    if len(idle) >= max_idle or (backend.max_connections and backend.conns_open > backend.max_connections) \
+            or backend.state not in USABLE_STATES:  # a drained (down, ejected...) backend keeps no idle connection
         conn.close()
         return
     conn.idle_since = now
