@@ -399,9 +399,12 @@ def fastlb_command(override):
         return shlex.split(override), None, env, "command: %s" % override
     probe = "import fastlb, sys; sys.stdout.write(fastlb.__file__)"
     # Installed package first: run from a neutral cwd so the checkout does not shadow it.
-    r = subprocess.run([sys.executable, "-c", probe], cwd=tempfile.gettempdir(), capture_output=True, text=True)
+    # A fresh empty directory, not the shared temp dir: `python -m` puts the cwd first on
+    # sys.path, and any stray queue.py or json.py there would shadow the standard library.
+    neutral = tempfile.mkdtemp(prefix="fastlb-bench-cwd-")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=neutral, capture_output=True, text=True)
     if r.returncode == 0:
-        cwd, where = tempfile.gettempdir(), "installed package %s" % r.stdout.strip()
+        cwd, where = neutral, "installed package %s" % r.stdout.strip()
     else:
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         cwd, where = REPO, "source checkout %s (not installed)" % REPO
