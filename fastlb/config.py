@@ -154,6 +154,20 @@ class _Ctx:
             self.err(path, str(exc))
             return None
 
+    def put_int(self, kw, body, path, key, low, high, dest=None):
+        """``kw[dest or key]`` = the integer at ``body[key]``, when present and valid."""
+        if key in body:
+            n = self.integer(body[key], "%s.%s" % (path, key), low, high)
+            if n is not None:
+                kw[dest or key] = n
+
+    def put(self, kw, body, path, key, fn, dest=None):
+        """``kw[dest or key]`` = ``fn(body[key])``, when present and valid."""
+        if key in body:
+            v = self.convert(body[key], "%s.%s" % (path, key), fn)
+            if v is not None:
+                kw[dest or key] = v
+
     def integer(self, value, path, low, high):
         if isinstance(value, bool) or not isinstance(value, int):
             self.err(path, "expected an integer, got %r" % (value,))
@@ -302,10 +316,7 @@ def _pools(ctx, value):
             weight = ctx.integer(b.get("weight", 1), bpath + ".weight", 1, 1000)
             caps_kw = {}
             for key in ("max_connections", "max_in_flight"):
-                if key in b:
-                    n = ctx.integer(b[key], "%s.%s" % (bpath, key), 0, 1000000)
-                    if n is not None:
-                        caps_kw[key] = n
+                ctx.put_int(caps_kw, b, bpath, key, 0, 1000000)
             if addr is not None and str(addr) in seen:
                 ctx.err(bpath + ".address", "%s is already backends[%d]" % (addr, seen[str(addr)]))
             elif addr is not None:
@@ -338,32 +349,17 @@ def _pools(ctx, value):
         if "retry_budget" in body:
             rb = body["retry_budget"]
             if ctx.mapping(rb, path + ".retry_budget", ("percent", "min_concurrent")) is not None:
-                if "percent" in rb:
-                    n = ctx.integer(rb["percent"], path + ".retry_budget.percent", 0, 100)
-                    if n is not None:
-                        retry_kw["retry_budget_percent"] = n
-                if "min_concurrent" in rb:
-                    n = ctx.integer(rb["min_concurrent"], path + ".retry_budget.min_concurrent", 0, 100000)
-                    if n is not None:
-                        retry_kw["retry_budget_min"] = n
-        for key, high in (("max_connections", 1000000), ("max_in_flight", 1000000), ("queue_size", 1000000)):
-            if key in body:
-                n = ctx.integer(body[key], "%s.%s" % (path, key), 0, high)
-                if n is not None:
-                    retry_kw[key] = n
-        if "queue_timeout" in body:
-            d = ctx.convert(body["queue_timeout"], path + ".queue_timeout", parse_duration)
-            if d is not None:
-                retry_kw["queue_timeout"] = d
+                ctx.put_int(retry_kw, rb, path + ".retry_budget", "percent", 0, 100, "retry_budget_percent")
+                ctx.put_int(retry_kw, rb, path + ".retry_budget", "min_concurrent", 0, 100000, "retry_budget_min")
+        for key in ("max_connections", "max_in_flight", "queue_size"):
+            ctx.put_int(retry_kw, body, path, key, 0, 1000000)
+        ctx.put(retry_kw, body, path, "queue_timeout", parse_duration)
         if "panic" in body:
             if not isinstance(body["panic"], bool):
                 ctx.err(path + ".panic", "expected true or false, got %r" % (body["panic"],))
             else:
                 retry_kw["panic"] = body["panic"]
-        if "per_try_timeout" in body:
-            d = ctx.convert(body["per_try_timeout"], path + ".per_try_timeout", parse_duration)
-            if d is not None:
-                retry_kw["per_try_timeout"] = d
+        ctx.put(retry_kw, body, path, "per_try_timeout", parse_duration)
         pools.append(PoolSpec(name=name, backends=tuple(backends), algorithm=algorithm, retries=retries or 0,
                               hash_key=hash_key, hash_balance_factor=factor, ewma_decay=decay,
                               maglev_table_size=table, health=health, outlier=outlier, slow_start=slow_start,
@@ -418,19 +414,10 @@ def _health(ctx, value, path):
         ctx.err(path + ".type", "expected http or tcp, got %r" % (kind,))
     kw["kind"] = kind
     for key in ("interval", "down_interval", "timeout"):
-        if key in value:
-            d = ctx.convert(value[key], "%s.%s" % (path, key), parse_duration)
-            if d is not None:
-                kw[key] = d
+        ctx.put(kw, value, path, key, parse_duration)
     for key in ("rise", "fall"):
-        if key in value:
-            n = ctx.integer(value[key], "%s.%s" % (path, key), 1, 100)
-            if n is not None:
-                kw[key] = n
-    if "jitter" in value:
-        j = ctx.convert(value["jitter"], path + ".jitter", parse_fraction)
-        if j is not None:
-            kw["jitter"] = j
+        ctx.put_int(kw, value, path, key, 1, 100)
+    ctx.put(kw, value, path, "jitter", parse_fraction)
     if kind == "tcp":
         for key in ("method", "path", "host", "expect_status", "expect_body"):
             if key in value:
@@ -455,10 +442,7 @@ def _health(ctx, value, path):
             ctx.err(path + ".host", "expected a host name, optionally with :PORT (1-65535), got %r" % (h,))
         else:
             kw["host"] = h
-    if "expect_status" in value:
-        st = ctx.convert(value["expect_status"], path + ".expect_status", parse_statuses)
-        if st is not None:
-            kw["expect_status"] = st
+    ctx.put(kw, value, path, "expect_status", parse_statuses)
     if "expect_body" in value:
         b = value["expect_body"]
         if not isinstance(b, str) or not b:
@@ -480,10 +464,7 @@ def _outlier(ctx, value, path):
     if ctx.mapping(value, path, _OUTLIER_KEYS) is None:
         return OutlierSpec()
     kw = {}
-    if "consecutive_failures" in value:
-        n = ctx.integer(value["consecutive_failures"], path + ".consecutive_failures", 1, 1000)
-        if n is not None:
-            kw["consecutive_failures"] = n
+    ctx.put_int(kw, value, path, "consecutive_failures", 1, 1000)
     if "statuses" in value:
         raw = value["statuses"]
         if not isinstance(raw, list) or not all(isinstance(c, int) and not isinstance(c, bool)
@@ -492,14 +473,8 @@ def _outlier(ctx, value, path):
         else:
             kw["statuses"] = tuple(raw)
     for key in ("base_ejection_time", "max_ejection_time"):
-        if key in value:
-            d = ctx.convert(value[key], "%s.%s" % (path, key), parse_duration)
-            if d is not None:
-                kw[key] = d
-    if "max_ejection_percent" in value:
-        n = ctx.integer(value["max_ejection_percent"], path + ".max_ejection_percent", 0, 100)
-        if n is not None:
-            kw["max_ejection_percent"] = n
+        ctx.put(kw, value, path, key, parse_duration)
+    ctx.put_int(kw, value, path, "max_ejection_percent", 0, 100)
     spec = OutlierSpec(**kw)
     if spec.max_ejection_time < spec.base_ejection_time:
         ctx.err(path + ".max_ejection_time", "must be at least base_ejection_time (%gs)" % spec.base_ejection_time)
