@@ -57,6 +57,9 @@ cdef struct Head:
     bint expect_continue
     Py_ssize_t rid0        # -1 while no X-Request-ID was seen
     Py_ssize_t rid1
+    Py_ssize_t ntp         # traceparent fields seen (W3C Trace Context: exactly one is valid)
+    Py_ssize_t tp0
+    Py_ssize_t tp1
     # status-line
     int status
     Py_ssize_t r0
@@ -86,6 +89,7 @@ cdef class RequestScanner(_HeadScanner):
     cdef readonly bytes host
     cdef readonly bint expect_continue
     cdef readonly object request_id
+    cdef readonly object traceparent
 
 
 @cython.final

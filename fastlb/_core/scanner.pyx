@@ -109,6 +109,8 @@ cdef enum:
     K_XFF = 12
     K_XFP = 13
     K_HTTP2_SETTINGS = 14
+    K_TRACEPARENT = 15
+    K_TRACESTATE = 16
 
 # Hop-by-hop fields never forwarded (RFC 9110 §7.6.1; RFC 9112 §6.1, §7.4), as a bit set.
 cdef enum:
@@ -171,6 +173,11 @@ cdef inline int _classify(const unsigned char *s, Py_ssize_t n) noexcept nogil:
             return K_CONNECTION
         if c0 == b'k' and _ieq(s, b"keep-alive", 10):
             return K_KEEP_ALIVE
+        if c0 == b't' and _ieq(s, b"tracestate", 10):
+            return K_TRACESTATE
+    elif n == 11:
+        if c0 == b't' and _ieq(s, b"traceparent", 11):
+            return K_TRACEPARENT
     elif n == 6:
         if c0 == b'e' and _ieq(s, b"expect", 6):
             return K_EXPECT
@@ -303,6 +310,8 @@ cdef inline void _begin(Head *h) noexcept nogil:
     h.expect_continue = False
     h.rid0 = -1
     h.rid1 = -1
+    h.ntp = 0
+    h.tp0 = h.tp1 = 0
     h.status = 0
     h.r0 = h.r1 = 0
 
@@ -682,6 +691,11 @@ cdef int _request_field(Head *h, const unsigned char *p, int kind, Py_ssize_t a,
         if h.rid0 < 0:  # the first one wins
             h.rid0 = a
             h.rid1 = b
+    elif kind == K_TRACEPARENT:
+        # W3C Trace Context §3.2: exactly one traceparent, or it is invalid
+        h.ntp += 1
+        h.tp0 = a
+        h.tp1 = b
     return 0
 
 
@@ -1018,6 +1032,7 @@ cdef class RequestScanner(_HeadScanner):
         self.http_minor = 1
         self.content_length = -1
         self.request_id = None
+        self.traceparent = None
 
     cdef int _facts(self, const unsigned char *p) except -1:
         cdef Head *h = &self.h
@@ -1038,10 +1053,18 @@ cdef class RequestScanner(_HeadScanner):
             self.request_id = None
         else:
             self.request_id = PyBytes_FromStringAndSize(<const char *>p + h.rid0, h.rid1 - h.rid0)
+        if h.ntp == 0:
+            self.traceparent = None
+        elif h.ntp > 1:
+            self.traceparent = _EMPTY  # repeated: invalid, like an empty one
+        else:
+            self.traceparent = PyBytes_FromStringAndSize(<const char *>p + h.tp0, h.tp1 - h.tp0)
         return 0
 
-    def build_upstream_head(self, buf, client_ip, extra, bint keep_upgrade):
-        """The head to send upstream: hop-by-hop removed, X-Forwarded-For merged."""
+    def build_upstream_head(self, buf, client_ip, extra, bint keep_upgrade, bint drop_trace=False):
+        """The head to send upstream: hop-by-hop removed, X-Forwarded-For merged;
+        ``drop_trace``: traceparent and tracestate removed too (an invalid one is
+        replaced, never forwarded)."""
         cdef Head *h = &self.h
         cdef Py_buffer view
         cdef const unsigned char *p = NULL
@@ -1060,6 +1083,8 @@ cdef class RequestScanner(_HeadScanner):
         ip_len = PyBytes_GET_SIZE(ip_b)
         extra_len = PyBytes_GET_SIZE(extra_b)
         drop = HOP_MASK | (1 << K_XFF) | (1 << K_XFP)
+        if drop_trace:
+            drop |= (1 << K_TRACEPARENT) | (1 << K_TRACESTATE)
         protected = REQUEST_PROTECTED
         if keep_upgrade:
             protected |= 1 << K_UPGRADE

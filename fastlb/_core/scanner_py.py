@@ -84,6 +84,8 @@ K_TRAILER = 11
 K_XFF = 12
 K_XFP = 13
 K_HTTP2_SETTINGS = 14
+K_TRACEPARENT = 15
+K_TRACESTATE = 16
 
 _KINDS = {
     b"host": K_HOST,
@@ -100,6 +102,8 @@ _KINDS = {
     b"x-forwarded-for": K_XFF,
     b"x-forwarded-proto": K_XFP,
     b"http2-settings": K_HTTP2_SETTINGS,
+    b"traceparent": K_TRACEPARENT,
+    b"tracestate": K_TRACESTATE,
 }
 
 # Hop-by-hop fields never forwarded (RFC 9110 §7.6.1: Connection and the fields it
@@ -479,6 +483,7 @@ class RequestScanner(_HeadScanner):
         self.host = b""
         self.expect_continue = False
         self.request_id = None
+        self.traceparent = None
         _HeadScanner.__init__(self, max_line, max_head, max_fields)
 
     def _begin_message(self):
@@ -490,6 +495,8 @@ class RequestScanner(_HeadScanner):
         self._host = (0, 0)
         self._expect_continue = False
         self._request_id = None
+        self._traceparent = None
+        self._traceparents = 0
 
     def _skip_empty_line(self):
         # RFC 9112 §2.2: a server SHOULD ignore at least one empty line received before
@@ -613,6 +620,10 @@ class RequestScanner(_HeadScanner):
         elif kind == K_REQUEST_ID:
             if self._request_id is None:  # the first one wins
                 self._request_id = (a, b)
+        elif kind == K_TRACEPARENT:
+            # W3C Trace Context §3.2: exactly one traceparent, or it is invalid
+            self._traceparents += 1
+            self._traceparent = (a, b)
 
     def _end_of_head(self, buf):
         minor = self.http_minor
@@ -659,14 +670,26 @@ class RequestScanner(_HeadScanner):
         else:
             r0, r1 = self._request_id
             self.request_id = bytes(buf[r0:r1])
+        if self._traceparents == 0:
+            self.traceparent = None
+        elif self._traceparents > 1:
+            self.traceparent = b""  # repeated: invalid, like an empty one
+        else:
+            p0, p1 = self._traceparent
+            self.traceparent = bytes(buf[p0:p1])
         self.header_count = len(self._names)
 
-    def build_upstream_head(self, buf, client_ip, extra, keep_upgrade):
-        """The head to send upstream: hop-by-hop removed, X-Forwarded-For merged."""
+    def build_upstream_head(self, buf, client_ip, extra, keep_upgrade, drop_trace=False):
+        """The head to send upstream: hop-by-hop removed, X-Forwarded-For merged;
+        ``drop_trace``: traceparent and tracestate removed too (an invalid one is
+        replaced, never forwarded)."""
         buf = self._require_head(buf)
         drop = set(_HOP)
         drop.add(K_XFF)
         drop.add(K_XFP)
+        if drop_trace:
+            drop.add(K_TRACEPARENT)
+            drop.add(K_TRACESTATE)
         protected = set(_REQUEST_PROTECTED)
         if keep_upgrade:
             protected.add(K_UPGRADE)

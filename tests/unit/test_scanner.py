@@ -30,6 +30,7 @@ REQ_FACTS = (
     "upgrade",
     "expect_continue",
     "request_id",
+    "traceparent",
     "header_count",
 )
 RESP_FACTS = ("status", "http_minor", "content_length", "chunked", "keep_alive", "upgrade", "header_count")
@@ -183,7 +184,7 @@ def test_full_facts_of_a_simple_get(mod):
     n, sc = scan_ok(mod.RequestScanner, raw)
     assert _facts(sc, REQ_FACTS) == dict(
         method=b"GET", target=b"/", http_minor=1, host=b"h", content_length=-1, chunked=False,
-        keep_alive=True, upgrade=False, expect_continue=False, request_id=None, header_count=1,
+        keep_alive=True, upgrade=False, expect_continue=False, request_id=None, traceparent=None, header_count=1,
     )
     assert isinstance(sc.method, bytes) and isinstance(sc.target, bytes) and isinstance(sc.host, bytes)
 
@@ -627,6 +628,36 @@ def _build(mod, raw, client_ip=b"10.0.0.9", extra=b"", keep_upgrade=False):
     sc = mod.RequestScanner()
     assert sc.scan(raw) == len(raw)
     return sc.build_upstream_head(raw, client_ip, extra, keep_upgrade)
+
+
+TP = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize("fields, want", [
+    (b"", None),
+    (b"traceparent: " + TP + b"\r\n", TP),
+    (b"TraceParent:  " + TP + b" \r\n", TP),  # any case, OWS trimmed
+    (b"traceparent: " + TP + b"\r\ntraceparent: " + TP + b"\r\n", b""),  # repeated: invalid
+    (b"traceparent:\r\n", b""),
+])
+def test_traceparent_fact(mod, fields, want):
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n"
+    sc = mod.RequestScanner()
+    assert sc.scan(bytearray(raw)) == len(raw)
+    assert sc.traceparent == want
+
+
+def test_build_upstream_head_drop_trace_removes_traceparent_and_tracestate(mod):
+    raw = (b"GET / HTTP/1.1\r\nHost: a\r\ntraceparent: bad\r\nTraceState: k=v\r\n"
+           b"tracestate: k2=v2\r\nX-Keep: 1\r\n\r\n")
+    sc = mod.RequestScanner()
+    buf = bytearray(raw)
+    assert sc.scan(buf) == len(raw)
+    assert sc.build_upstream_head(buf, b"10.0.0.9", b"traceparent: " + TP + b"\r\n", False, True) == (
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Keep: 1\r\nX-Forwarded-For: 10.0.0.9\r\ntraceparent: " + TP + b"\r\n\r\n")
+    # without drop_trace (valid, or tracing off) they go on as sent
+    assert b"traceparent: bad\r\nTraceState: k=v\r\ntracestate: k2=v2\r\n" in sc.build_upstream_head(
+        buf, b"10.0.0.9", b"", False)
 
 
 def test_build_upstream_head_plain(mod):
