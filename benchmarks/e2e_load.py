@@ -3,6 +3,9 @@
     python benchmarks/e2e_load.py [--duration 10] [--connections 50] [--repeat 1]
                                   [--only fastlb,haproxy,nginx] [--json FILE]
 
+    # the cost of observability: metrics off, and the access log on, against the defaults
+    python benchmarks/e2e_load.py --only fastlb,fastlb-metrics-off,fastlb-access-log,haproxy
+
 Setup (all on 127.0.0.1, every process started here is killed at the end):
   * backends: one nginx (1 worker, keep-alive) with --backends server blocks on
     their own ports, each answering ``200 {"ok":true}``;
@@ -57,7 +60,16 @@ HOST = "127.0.0.1"
 PROXY_CORE = "0"
 LOAD_CORE = "1"  # wrk and the backend nginx
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PROXIES = ("fastlb", "haproxy", "nginx")
+PROXIES = ("fastlb", "haproxy", "nginx", "fastlb-metrics-off", "fastlb-access-log")
+# fastlb variants measured only when named in --only: the cost of observability.
+# "fastlb" runs the defaults (metrics on, no access log); "fastlb-metrics-off" sets
+# metrics.enabled: false; "fastlb-access-log" writes the JSON access log to a file.
+DEFAULT_PROXIES = ("fastlb", "haproxy", "nginx")
+FASTLB_VARIANTS = {
+    "fastlb": {},
+    "fastlb-metrics-off": {"metrics": {"enabled": False}},
+    "fastlb-access-log": {"access_log": {"path": "access.log"}},
+}
 SCENARIOS = ("minimal", "realistic", "json_post")
 START_TIMEOUT = 15.0  # seconds for a proxy to accept connections
 BACKEND_BODY = '{"ok":true}'
@@ -418,12 +430,21 @@ def fastlb_command(override):
     return argv, cwd, env, where
 
 
-def start_fastlb(workdir, port, backends, connections, cmd):
+def start_fastlb(workdir, port, backends, connections, cmd, variant="fastlb"):
+    """fastlb with a config file equal to quick mode (one listener, round robin over
+    the backends) plus the variant's observability settings (FASTLB_VARIANTS)."""
     argv, cwd, env, _ = cmd
-    args = argv + ["run", "--listen", "%s:%d" % (HOST, port)]
-    for p in backends:
-        args += ["--backend", "%s:%d" % (HOST, p)]
-    return Proc("fastlb", taskset(PROXY_CORE, args), workdir, cwd=cwd, env=env), ()
+    doc = {"listeners": [{"name": "bench", "bind": "%s:%d" % (HOST, port), "pool": "default"}],
+           "pools": {"default": {"backends": ["%s:%d" % (HOST, p) for p in backends]}}}
+    extra = json.loads(json.dumps(FASTLB_VARIANTS[variant]))
+    if "access_log" in extra:
+        extra["access_log"]["path"] = os.path.join(workdir, "%s-%s" % (variant, extra["access_log"]["path"]))
+    doc.update(extra)
+    path = os.path.join(workdir, "%s.yaml" % variant)
+    with open(path, "w") as f:
+        json.dump(doc, f)  # JSON is YAML
+    args = argv + ["run", "-c", path]
+    return Proc(variant, taskset(PROXY_CORE, args), workdir, cwd=cwd, env=env), ()
 
 
 # -- wrk ------------------------------------------------------------------------------------
@@ -534,8 +555,8 @@ def print_table(scenario, rows, args):
             LOAD_CORE,
         )
     )
-    ref = {name: rows[name]["cpu_us_per_req"] for name in ("haproxy", "nginx") if name in rows}
-    hdr = "%-9s %11s %9s %9s %6s %12s %11s %10s %8s" % (
+    ref = {name: rows[name]["cpu_us_per_req"] for name in ("haproxy", "nginx", "fastlb") if name in rows}
+    hdr = "%-18s %11s %9s %9s %6s %12s %11s %10s %10s %8s" % (
         "proxy",
         "req/s",
         "p50 ms",
@@ -544,6 +565,7 @@ def print_table(scenario, rows, args):
         "CPU-us/req",
         "vs haproxy",
         "vs nginx",
+        "vs fastlb",
         "errors",
     )
     print(hdr)
@@ -553,13 +575,13 @@ def print_table(scenario, rows, args):
             continue
         r = rows[name]
         ratios = []
-        for other in ("haproxy", "nginx"):
+        for other in ("haproxy", "nginx", "fastlb"):
             base = ref.get(other)
             ratios.append(
                 "%.2fx" % (r["cpu_us_per_req"] / base) if base and r["cpu_us_per_req"] is not None else "-"
             )
         print(
-            "%-9s %11s %9s %9s %6.0f %12s %11s %10s %8d"
+            "%-18s %11s %9s %9s %6.0f %12s %11s %10s %10s %8d"
             % (
                 name,
                 fmt(r["rps"], ",.0f"),
@@ -569,6 +591,7 @@ def print_table(scenario, rows, args):
                 fmt(r["cpu_us_per_req"], ".1f"),
                 ratios[0],
                 ratios[1],
+                ratios[2],
                 r["errors"] + r["non2xx"],
             )
         )
@@ -581,7 +604,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per proxy and scenario, before its first run (0-10)")
     ap.add_argument("--repeat", type=int, default=1, help="measured runs per scenario, median reported (1-5)")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections (1-2000)")
-    ap.add_argument("--only", default=",".join(PROXIES), help="comma list of: " + ",".join(PROXIES))
+    ap.add_argument("--only", default=",".join(DEFAULT_PROXIES), help="comma list of: " + ",".join(PROXIES))
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of: " + ",".join(SCENARIOS))
     ap.add_argument("--backends", type=int, default=3, help="backend server blocks (1-8)")
     ap.add_argument("--fastlb-cmd", default=None, help='override, e.g. "fastlb" or "python -m fastlb"')
@@ -640,10 +663,10 @@ def main(argv=None):
             if name not in only:
                 continue
             try:
-                if name == "fastlb":
+                if name in FASTLB_VARIANTS:
                     cmd = fastlb_command(args.fastlb_cmd)
                     results["meta"]["proxies"][name] = cmd[3]
-                    starter = lambda w, p, b, c: start_fastlb(w, p, b, c, cmd)  # noqa: E731
+                    starter = lambda w, p, b, c, cmd=cmd, name=name: start_fastlb(w, p, b, c, cmd, name)  # noqa: E731
                 elif name == "haproxy":
                     if not shutil.which("haproxy"):
                         raise RuntimeError("haproxy is not installed")
@@ -722,7 +745,7 @@ def main(argv=None):
         for name, (proc, _, _) in running.items():
             rc = proc.stop()
             procs.remove(proc)
-            if name == "fastlb" and rc != 0:
+            if name in FASTLB_VARIANTS and rc != 0:
                 log("note: fastlb exited %s on SIGTERM (expected 0)" % rc)
 
         for scenario in scenarios:

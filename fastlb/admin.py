@@ -2,6 +2,9 @@
 
 Endpoints (docs/operations.md):
     GET  /healthz                                  200 {"status": "ok"} while serving
+    GET  /metrics                                  Prometheus text format, or OpenMetrics when Accept asks (docs/metrics.md)
+    GET  /dashboard                                the live dashboard page (docs/dashboard.md)
+    GET  /api/v1/stats                             live rates, error rates, latencies and their history (docs/dashboard.md)
     GET  /api/v1/info                              version, core implementation, listeners
     GET  /api/v1/pools                             every pool with its backends and counters
     GET  /api/v1/pools/{pool}                      one pool
@@ -17,6 +20,7 @@ Bind it to loopback or a management network: it has no authentication yet.
 """
 
 import asyncio
+import importlib.resources
 import json
 import logging
 import urllib.parse
@@ -33,11 +37,29 @@ __all__ = ["AdminServer"]
 MAX_BODY = 64 * 1024
 
 
+class Raw:
+    """A non-JSON answer: bytes with their content type."""
+
+    __slots__ = ("body", "content_type")
+
+    def __init__(self, body, content_type):
+        self.body = body
+        self.content_type = content_type
+
+
+def dashboard_page():
+    """The dashboard's single static file, shipped in the package (no build step, no CDN)."""
+    return importlib.resources.files("fastlb").joinpath("dashboard/index.html").read_bytes()
+
+
 class AdminServer:
     def __init__(self, server):
         self.server = server
+        self.accept = ""
         self._srv = None
         self.address = None
+        self._metrics = None
+        self._page = None
 
     async def start(self, host, port):
         self._srv = await asyncio.start_server(self._handle, host, port, reuse_address=True)
@@ -56,9 +78,15 @@ class AdminServer:
                 request, body = await self._read_request(conn, reader)
                 if request is None:
                     break
+                self.accept = dict(request.headers).get(b"accept", b"").decode("latin-1")
                 status, payload = self._answer(request.method.decode("latin-1"), request.target.decode("latin-1"), body)
-                data = json.dumps(payload, indent=2).encode() + b"\n"
-                headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+                if isinstance(payload, Raw):
+                    data, ctype = payload.body, payload.content_type
+                else:
+                    data, ctype = json.dumps(payload, indent=2).encode() + b"\n", "application/json"
+                headers = [("Content-Type", ctype), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")]
+                if request.method == b"HEAD":
+                    data = b""
                 writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
                 writer.write(conn.send(h11.Data(data=data)))
                 writer.write(conn.send(h11.EndOfMessage()))
@@ -110,9 +138,26 @@ class AdminServer:
             if method != "GET":
                 return 405, {"error": "use GET"}
             return 200, {"status": "draining" if srv._drain_task else "ok"}
+        if path == "/metrics":
+            if method not in ("GET", "HEAD"):
+                return 405, {"error": "use GET"}
+            if self._metrics is None:
+                from .metrics import Registry
+
+                self._metrics = Registry(srv)
+            body, ctype = self._metrics.render(self.accept)
+            return 200, Raw(body, ctype)
+        if path == "/dashboard":
+            if method not in ("GET", "HEAD"):
+                return 405, {"error": "use GET"}
+            if self._page is None:
+                self._page = dashboard_page()
+            return 200, Raw(self._page, "text/html; charset=utf-8")
         if parts[:2] != ["api", "v1"]:
             return 404, {"error": "not found: %s" % path}
         rest = parts[2:]
+        if rest == ["stats"] and method == "GET":
+            return 200, srv.stats.as_dict(srv.loop.time())
         if rest == ["info"] and method == "GET":
             return 200, {
                 "version": __version__,

@@ -31,6 +31,7 @@ from ._core import (
 )
 from collections import deque
 
+from .counters import EJECTION_REASONS, Histogram
 from .model import ALGORITHMS
 
 __all__ = ["Backend", "Pool", "build_selector", "KEY_NONE", "KEY_IP", "KEY_PATH", "KEY_HEADER", "KEY_COOKIE",
@@ -71,6 +72,7 @@ class Backend:
         "last_check", "last_check_ok", "last_check_detail",
         "consecutive_failures", "ejections", "ejected_until", "last_ejection", "ejections_refused",
         "requests_total", "failures_total", "idle", "addr", "limit", "max_connections", "conns_open",
+        "responses", "errors", "duration", "connect_time", "response_time", "ejections_total",
     )
 
     def __init__(self, index, host, port, weight, pool_name, state="up", now=0.0, max_connections=0,
@@ -113,6 +115,15 @@ class Backend:
         limits = [n for n in (max_connections, max_in_flight) if n]
         self.limit = min(limits) if limits else 0  # requests at once; 0 = no limit
         self.conns_open = 0  # upstream sockets, in use and idle (upstream.UpstreamConnection)
+        # observability (counters.py; metrics.py and stats.py read them)
+        self.responses = [0, 0, 0, 0, 0]  # relayed responses by class: 1xx .. 5xx
+        self.errors = 0  # requests that ended with the backend's failure (502/504, cut responses)
+        self.duration = Histogram()  # request head received -> last response byte
+        self.connect_time = Histogram()  # TCP connect to this backend
+        self.response_time = Histogram()  # request head sent -> response head
+        # failure kind -> ejections (never reset, unlike ``ejections``); every kind from
+        # the start, so that increase() sees a backend's first ejection
+        self.ejections_total = dict.fromkeys(EJECTION_REASONS, 0)
 
 
 # Why a request was sent again (Pool.retries_total keys; docs/health.md).
@@ -132,7 +143,7 @@ class Pool:
         "retry_non_idempotent", "budget_percent", "budget_min", "per_try_timeout",
         "active", "retries_in_flight", "retries_total", "retry_budget_refused",
         "limited", "queue", "queue_size", "queue_timeout", "queue_full_total", "queue_timeouts_total", "queued_total",
-        "panic", "panic_total", "unavailable_total", "queue_wait_seconds_total",
+        "panic", "panic_total", "unavailable_total", "queue_wait_seconds_total", "queue_wait",
     )
 
     def __init__(self, spec, seed=0, now=0.0):
@@ -164,6 +175,7 @@ class Pool:
         self.panic_total = 0
         self.unavailable_total = 0  # 503: no usable backend
         self.queue_wait_seconds_total = 0.0  # time requests spent in the queue, served or not
+        self.queue_wait = Histogram()  # the same, per request
         self._by_address = {b.address: b for b in self.backends}
         # Host sent upstream for HTTP/1.0 requests that carry none (HTTP/1.1 requires one).
         self.host_header = self.backends[0].address.encode("ascii")

@@ -45,6 +45,8 @@ def _parser():
                      help="quick mode: passing checks in a row that bring a down backend back (default 2)")
     run.add_argument("--health-fall", metavar="N", type=int, default=None,
                      help="quick mode: failing checks in a row that take a backend down (default 3)")
+    run.add_argument("--access-log", metavar="PATH", default=None,
+                     help="quick mode: write an access log (JSON lines) to PATH, or - for stdout")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     chk = sub.add_parser("check", help="validate a configuration file")
@@ -55,6 +57,8 @@ def _parser():
     demo.add_argument("--admin-port", type=int, default=8081, help="admin API port (default 8081)")
     demo.add_argument("--backend-port", type=int, default=9001,
                       help="first demo backend port; the three use this and the next two (default 9001)")
+    demo.add_argument("--no-traffic", action="store_true",
+                      help="do not send the demo's own background traffic (about 20 requests/s)")
     demo.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     exp = sub.add_parser("explain", help="which backend a request would get, and why (dry run)")
@@ -76,7 +80,7 @@ def _parser():
 
 
 def quick_config(listen, backends, algorithm=None, admin=None, hash_key=None, health_path=None,
-                 health_interval=None, health_rise=None, health_fall=None):
+                 health_interval=None, health_rise=None, health_fall=None, access_log=None):
     """The configuration document that ``run --listen/--backend`` flags describe."""
     pool = {"backends": []}
     if algorithm is not None:
@@ -114,6 +118,8 @@ def quick_config(listen, backends, algorithm=None, admin=None, hash_key=None, he
     doc = {"listeners": [{"name": "quick", "bind": listen, "pool": "default"}], "pools": {"default": pool}}
     if admin:
         doc["admin"] = {"bind": admin}
+    if access_log is not None:
+        doc["access_log"] = {"path": access_log}
     return doc
 
 
@@ -128,6 +134,7 @@ _FLAG_PATHS = (
     ("pools.default.health_check.interval", "--health-interval"),
     ("pools.default.health_check.rise", "--health-rise"),
     ("pools.default.health_check.fall", "--health-fall"),
+    ("access_log.path", "--access-log"),
 )
 
 
@@ -145,7 +152,8 @@ def _flag_problems(err):
 def _load(args):
     if args.config:
         if args.listen or args.backend or args.admin or args.algorithm or args.hash_key or args.health_path \
-                or args.health_interval or args.health_rise is not None or args.health_fall is not None:
+                or args.health_interval or args.health_rise is not None or args.health_fall is not None \
+                or args.access_log is not None:
             raise ConfigError(("", "give either -c FILE or the quick-mode flags (--listen/--backend/...), not both"))
         return configmod.load_file(args.config)
     if not args.listen or not args.backend:
@@ -153,7 +161,7 @@ def _load(args):
     try:
         return configmod.from_dict(quick_config(args.listen, args.backend, args.algorithm, args.admin, args.hash_key,
                                                 args.health_path, args.health_interval, args.health_rise,
-                                                args.health_fall))
+                                                args.health_fall, args.access_log))
     except ConfigError as err:
         raise _flag_problems(err) from None
 
@@ -259,7 +267,7 @@ def main(argv=None):
     if args.command == "demo":
         from .demo import run_demo
 
-        return run_demo(args.port, args.admin_port, args.backend_port)
+        return run_demo(args.port, args.admin_port, args.backend_port, traffic=not args.no_traffic)
     try:
         cfg = _load(args)
     except ConfigError as err:

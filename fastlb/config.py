@@ -15,6 +15,8 @@ from ._core import is_prime
 from .errors import ConfigError
 from .model import (
     ALGORITHMS,
+    AccessLogSpec,
+    ObservabilitySpec,
     DEFAULT_ALGORITHM,
     Address,
     AdminSpec,
@@ -208,7 +210,9 @@ def load_text(text, source="<config>"):
     return from_dict(doc)
 
 
-_TOP = ("listeners", "pools", "admin", "timeouts", "limits")
+_TOP = ("listeners", "pools", "admin", "timeouts", "limits", "metrics", "access_log", "tracing")
+_ACCESS_LOG_KEYS = ("path", "format", "sample", "statuses", "query")
+TRACING_MODES = ("off", "propagate", "start")
 _POOL_KEYS = ("algorithm", "backends", "retries", "hash_key", "hash_balance_factor", "ewma_decay",
               "maglev_table_size", "health_check", "outlier_detection", "slow_start", "retry_non_idempotent",
               "retry_budget", "per_try_timeout", "max_connections", "max_in_flight", "queue_size", "queue_timeout",
@@ -236,6 +240,7 @@ def from_dict(doc):
     admin = _admin(ctx, doc["admin"]) if "admin" in doc else None
     timeouts = _section(ctx, doc.get("timeouts"), "timeouts", TimeoutSpec, _TIMEOUT_KEYS, parse_duration)
     limits = _limits(ctx, doc.get("limits"))
+    observability = _observability(ctx, doc)
     binds = {}
     for i, lst in enumerate(listeners or ()):
         key = (lst.bind.host, lst.bind.port)
@@ -246,7 +251,83 @@ def from_dict(doc):
         ctx.err("admin.bind", "%s is already bound by a listener" % admin.bind)
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    return Config(listeners=tuple(listeners), pools=tuple(pools), admin=admin, timeouts=timeouts, limits=limits)
+    return Config(listeners=tuple(listeners), pools=tuple(pools), admin=admin, timeouts=timeouts, limits=limits,
+                  observability=observability)
+
+
+def _observability(ctx, doc):
+    kw = {}
+    if "metrics" in doc:
+        body = doc["metrics"]
+        if ctx.mapping(body, "metrics", ("enabled",)) is not None and "enabled" in body:
+            if not isinstance(body["enabled"], bool):
+                ctx.err("metrics.enabled", "expected true or false, got %r" % (body["enabled"],))
+            else:
+                kw["metrics"] = body["enabled"]
+    if "tracing" in doc:
+        body = doc["tracing"]
+        if ctx.mapping(body, "tracing", ("mode",)) is not None and "mode" in body:
+            mode = body["mode"]
+            if mode is False:  # YAML reads a bare off as false
+                mode = "off"
+            if mode not in TRACING_MODES:
+                ctx.err("tracing.mode", "expected off, propagate or start, got %r" % (mode,))
+            else:
+                kw["tracing"] = mode
+    if "access_log" in doc:
+        kw["access_log"] = _access_log(ctx, doc["access_log"])
+    return ObservabilitySpec(**kw)
+
+
+def _access_log(ctx, body):
+    if body is False or body is None:
+        return None
+    if ctx.mapping(body, "access_log", _ACCESS_LOG_KEYS) is None:
+        return None
+    kw = {}
+    if "path" in body:
+        if not isinstance(body["path"], str) or not body["path"]:
+            ctx.err("access_log.path", 'expected a file path, or "-" for stdout, got %r' % (body["path"],))
+        else:
+            kw["path"] = body["path"]
+    if "format" in body:
+        if body["format"] not in ("json", "combined"):
+            ctx.err("access_log.format", "expected json or combined, got %r" % (body["format"],))
+        else:
+            kw["format"] = body["format"]
+    if "sample" in body:
+        sample = body["sample"]
+        if isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0.0 < sample <= 1.0:
+            ctx.err("access_log.sample", "expected a fraction above 0 and at most 1 (e.g. 0.1), got %r" % (sample,))
+        else:
+            kw["sample"] = float(sample)
+    ctx.put(kw, body, "access_log", "statuses", parse_status_filter)
+    if "query" in body:
+        if not isinstance(body["query"], bool):
+            ctx.err("access_log.query", "expected true or false, got %r" % (body["query"],))
+        else:
+            kw["query"] = body["query"]
+    return AccessLogSpec(**kw)
+
+
+def parse_status_filter(value):
+    """Like parse_statuses, and classes: ``"5xx"``, ``[404, "5xx"]``."""
+    items = value if isinstance(value, list) else [value]
+    ranges = []
+    rest = []
+    for item in items:
+        if isinstance(item, str) and re.match(r"^\s*[1-5]xx\s*$", item, re.I):
+            lo = int(item.strip()[0]) * 100
+            ranges.append((lo, lo + 99))
+        else:
+            rest.append(item)
+    if rest or not ranges:
+        try:
+            ranges.extend(parse_statuses(rest))
+        except ValueError:
+            raise ValueError("expected a status, a range like 400-499, a class like 5xx, or a list of them, "
+                             "got %r" % (value,)) from None
+    return tuple(ranges)
 
 
 def _pools(ctx, value):

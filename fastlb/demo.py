@@ -1,12 +1,17 @@
 """``fastlb demo``: three built-in backends, the balancer and the admin API, in one process.
 
 The demo backends are tiny h11 servers answering JSON that names the backend, so
-``curl`` shows round robin at work. Ctrl-C (SIGINT) or SIGTERM stops everything.
+``curl`` shows round robin at work; each takes a little longer than the one before
+(about 1, 5 and 15 ms), so the dashboard shows different latencies. The demo sends
+a little traffic of its own through the balancer (DEMO_RATE requests a second, one
+in fifty to an endpoint that answers 500), so the dashboard moves the moment it
+opens; ``--no-traffic`` turns it off. Ctrl-C (SIGINT) or SIGTERM stops everything.
 """
 
 import asyncio
 import json
 import logging
+import random
 
 import h11
 
@@ -20,8 +25,9 @@ __all__ = ["run_demo", "DemoBackend"]
 class DemoBackend:
     """A minimal JSON backend: GET/POST anything, answers who it is and what it saw."""
 
-    def __init__(self, name):
+    def __init__(self, name, delay=0.0):
         self.name = name
+        self.delay = delay  # seconds each answer takes (jittered), so backends differ
         self.served = 0
         self._srv = None
 
@@ -56,6 +62,9 @@ class DemoBackend:
                     else:
                         break
                 self.served += 1
+                if self.delay:
+                    await asyncio.sleep(self.delay * random.uniform(0.5, 1.5))
+                status = 500 if request.target.startswith(b"/error") else 200
                 headers = {k.decode(): v.decode("latin-1") for k, v in request.headers}
                 payload = json.dumps({
                     "backend": self.name,
@@ -66,7 +75,7 @@ class DemoBackend:
                     "x_forwarded_for": headers.get("x-forwarded-for"),
                     "served": self.served,
                 }).encode() + b"\n"
-                writer.write(conn.send(h11.Response(status_code=200, headers=[
+                writer.write(conn.send(h11.Response(status_code=status, headers=[
                     ("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])))
                 writer.write(conn.send(h11.Data(data=payload)))
                 writer.write(conn.send(h11.EndOfMessage()))
@@ -80,26 +89,70 @@ class DemoBackend:
             writer.close()
 
 
+DEMO_DELAYS = (0.001, 0.005, 0.015)  # seconds, per demo backend
+DEMO_RATE = 20  # requests a second the demo sends itself
+
+
 def demo_config(port, admin_port, backend_port):
     return configmod.from_dict({
         "listeners": [{"name": "demo", "bind": "127.0.0.1:%d" % port, "pool": "demo"}],
         "pools": {"demo": {"algorithm": "round_robin", "backends": [
-            {"address": "127.0.0.1:%d" % (backend_port + i), "weight": w} for i, w in enumerate((2, 1, 1))]}},
+            {"address": "127.0.0.1:%d" % (backend_port + i), "weight": w} for i, w in enumerate((2, 1, 1))],
+            "health_check": {"path": "/healthz", "interval": "1s", "rise": 2, "fall": 2}}},
         "admin": {"bind": "127.0.0.1:%d" % admin_port},
     })
 
 
-def run_demo(port=8080, admin_port=8081, backend_port=9001):
+async def demo_traffic(port, pool, rate=DEMO_RATE):
+    """A few requests a second through the balancer on one kept-alive connection
+    (reconnecting after any error), so the dashboard has something to show; from
+    the moment the pool's first backend passed its check."""
+    while not pool.healthy():
+        await asyncio.sleep(0.1)
+    n = 0
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(1)
+            continue
+        conn = h11.Connection(h11.CLIENT)
+        try:
+            while True:
+                n += 1
+                target = "/error" if n % 50 == 0 else "/orders/%d" % (n % 1000)
+                writer.write(conn.send(h11.Request(method="GET", target=target, headers=[
+                    ("Host", "demo"), ("User-Agent", "fastlb-demo-traffic")])))
+                writer.write(conn.send(h11.EndOfMessage()))
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        data = await asyncio.wait_for(reader.read(65536), 10)
+                        conn.receive_data(data)
+                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                        break
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    break
+                conn.start_next_cycle()
+                await asyncio.sleep(random.expovariate(rate))
+        except (OSError, h11.ProtocolError, asyncio.TimeoutError):
+            await asyncio.sleep(0.5)
+        finally:
+            writer.close()
+
+
+def run_demo(port=8080, admin_port=8081, backend_port=9001, traffic=True):
     from .server import run
 
     cfg = demo_config(port, admin_port, backend_port)
     backends = []
     failed = []
+    tasks = []
 
     def ready(server):
         async def start_backends():
             for i in range(3):
-                b = DemoBackend("demo-%d" % (i + 1))
+                b = DemoBackend("demo-%d" % (i + 1), DEMO_DELAYS[i])
                 try:
                     await b.start("127.0.0.1", backend_port + i)
                 except OSError as exc:
@@ -111,12 +164,19 @@ def run_demo(port=8080, admin_port=8081, backend_port=9001):
                 backends.append(b)
             print("demo backends: %s (weights 2, 1, 1)" % ", ".join(
                 "demo-%d on 127.0.0.1:%d" % (i + 1, backend_port + i) for i in range(3)), flush=True)
+            print("dashboard: http://127.0.0.1:%d/dashboard  (open it in a browser)" % admin_port, flush=True)
+            if traffic:
+                print("the demo sends about %d requests a second of its own through the balancer (one in 50 "
+                      "answers 500), so the dashboard moves at once; --no-traffic turns that off" % DEMO_RATE,
+                      flush=True)
+                tasks.append(server.loop.create_task(demo_traffic(port, server.pools["demo"])))
             print("try:\n"
                   "  curl -s http://127.0.0.1:%d/hello\n"
                   "  for i in 1 2 3 4; do curl -s http://127.0.0.1:%d/; done\n"
                   "  curl -s -X POST -d '{\"x\": 1}' http://127.0.0.1:%d/orders\n"
                   "  curl -s http://127.0.0.1:%d/api/v1/pools\n"
-                  "Ctrl-C stops everything." % (port, port, port, admin_port), flush=True)
+                  "  curl -s http://127.0.0.1:%d/metrics\n"
+                  "Ctrl-C stops everything." % (port, port, port, admin_port, admin_port), flush=True)
 
         server.loop.create_task(start_backends())
 
@@ -127,5 +187,7 @@ def run_demo(port=8080, admin_port=8081, backend_port=9001):
         print("fastlb demo: cannot start: %s (use --port/--admin-port/--backend-port)" % exc)
         return 1
     finally:
+        for t in tasks:
+            t.cancel()
         for b in backends:
             b.close()

@@ -79,7 +79,7 @@ class ReadFlow:
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = ("listener", "transport", "client_ip", "flow", "timer", "phase", "write_paused",
-                 "client_eof", "flush_mark")
+                 "client_eof", "flush_mark", "received", "sent")
 
     def __init__(self, listener):
         self.listener = listener
@@ -91,6 +91,10 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.client_eof = False
         self.flush_mark = 0
+        # bytes from and to the client (the subclass counts them as it reads and
+        # writes); added to the listener's totals when the connection ends
+        self.received = 0
+        self.sent = 0
 
     def connection_made(self, transport):
         self.transport = transport
@@ -99,14 +103,19 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = peer[0].encode("ascii")
-        self.listener.connections.add(self)
+        listener = self.listener
+        listener.connections.add(self)
+        listener.connections_total += 1
         self.on_connect()
 
     def connection_lost(self, exc):
         self.phase = CLOSED
         self.listener.wheel.cancel(self.timer)
-        self.listener.connections.discard(self)
+        listener = self.listener
+        listener.connections.discard(self)
         self.on_disconnect()
+        listener.bytes_received += self.received
+        listener.bytes_sent += self.sent
 
     # -- writing backpressure -------------------------------------------------
     def pause_writing(self):

@@ -169,9 +169,11 @@ def check_result(pool, backend, ok, now, detail):
 
 
 # ------------------------------------------------------ passive outlier detection
-def report_failure(pool, backend, now, reason):
+def report_failure(pool, backend, now, reason, kind="failure"):
     """A request to ``backend`` failed in a way that counts against it (connect
-    failure or timeout, reset, response timeout, a configured status)."""
+    failure or timeout, reset, response timeout, a configured status). ``kind``
+    names it in a fixed vocabulary (counters.FLAGS names, or "status"): an
+    ejection is counted under the kind of the failure that tipped it."""
     backend.failures_total += 1
     spec = pool.outlier
     if spec is None or backend.state not in USABLE_STATES:
@@ -183,7 +185,9 @@ def report_failure(pool, backend, now, reason):
     if (ejected + 1) * 100 > spec.max_ejection_percent * len(pool.backends):
         backend.ejections_refused += 1
         return  # the share of the pool that may be ejected at once is used up
-    transition(pool, backend, "eject", now, "%d failures in a row, last: %s" % (backend.consecutive_failures, reason))
+    if transition(pool, backend, "eject", now, "%d failures in a row, last: %s" % (
+            backend.consecutive_failures, reason)) is not None:
+        backend.ejections_total[kind] = backend.ejections_total.get(kind, 0) + 1
 
 
 def report_success(backend):

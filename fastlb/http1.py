@@ -20,11 +20,13 @@ Helpers below it are functions of bytes the scanner already validated (RFC 9112
 §3.2 target forms; RFC 6265 §4.2 Cookie syntax; RFC 3986 §3.4 query).
 """
 
+from random import getrandbits
+
 from ._core import ChunkedDecoder
 
 __all__ = [
     "Exchange", "response_body_mode", "error_response", "upgrade_offer", "accepted_upgrade",
-    "path_of", "split_host", "query_param", "cookie_value",
+    "path_of", "split_host", "query_param", "cookie_value", "valid_traceparent", "new_traceparent",
     "M_NONE", "M_LENGTH", "M_CHUNKED", "M_CLOSE", "OPEN", "COMPLETE", "CUT", "REFUSED",
     "R_NONE", "R_HEAD", "R_BODY",
 ]
@@ -354,3 +356,41 @@ def cookie_value(cookie_header, name):
         if sep and key == name:
             return value.strip(b'"') if len(value) >= 2 and value[:1] == value[-1:] == b'"' else value
     return None
+
+
+# ------------------------------------------------------------ W3C Trace Context
+_LOWER_HEX = frozenset(b"0123456789abcdef")
+
+
+def _hex(value, start, end):
+    for c in value[start:end]:
+        if c not in _LOWER_HEX:
+            return False
+    return True
+
+
+def valid_traceparent(value):
+    """Is ``value`` (one traceparent field value, OWS trimmed) valid (W3C Trace
+    Context Level 1 §3.2): version-traceid-parentid-flags in lowercase hex, version
+    not ff, trace-id and parent-id not all zeros; version 00 is exactly 55 bytes, a
+    later version at least 55 with a "-" after the flags (§3.3: parse what 00 defines)."""
+    n = len(value)
+    if n < 55 or value[2] != 0x2D or value[35] != 0x2D or value[52] != 0x2D:
+        return False
+    if not (_hex(value, 0, 2) and _hex(value, 3, 35) and _hex(value, 36, 52) and _hex(value, 53, 55)):
+        return False
+    if value[0:2] == b"ff":
+        return False
+    if value[0:2] == b"00":
+        if n != 55:
+            return False
+    elif n > 55 and value[55] != 0x2D:
+        return False
+    return value[3:35] != b"0" * 32 and value[36:52] != b"0" * 16
+
+
+def new_traceparent():
+    """A new trace: version 00, random trace-id and parent-id (never all zeros),
+    flags 01 (sampled: fastlb starts the trace and leaves recording to the backends,
+    whose parent-based samplers then record it; docs/tracing.md)."""
+    return b"00-%032x-%016x-01" % (getrandbits(128) or 1, getrandbits(64) or 1)

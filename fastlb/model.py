@@ -132,6 +132,26 @@ class AdminSpec:
 
 
 @dataclass(frozen=True)
+class AccessLogSpec:
+    """docs/access-log.md. ``statuses``: inclusive (low, high) ranges, None = every status."""
+
+    path: str = "-"  # a file, or "-" for stdout
+    format: str = "json"  # json | combined
+    sample: float = 1.0  # fraction of ordinary requests logged (flagged and 5xx ones always are)
+    statuses: tuple = None
+    query: bool = False  # log the query string with the path
+
+
+@dataclass(frozen=True)
+class ObservabilitySpec:
+    """docs/metrics.md, docs/access-log.md, docs/tracing.md."""
+
+    metrics: bool = True  # histograms and per-request timing (the counters are always kept)
+    access_log: AccessLogSpec = None  # None: off
+    tracing: str = "start"  # W3C traceparent: off | propagate | start
+
+
+@dataclass(frozen=True)
 class TimeoutSpec:
     """Seconds. See docs/configuration.md#timeouts for what each one bounds."""
 
@@ -162,6 +182,7 @@ class Config:
     admin: AdminSpec = None
     timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
     limits: LimitSpec = field(default_factory=LimitSpec)
+    observability: ObservabilitySpec = field(default_factory=ObservabilitySpec)
 
     def pool(self, name):
         for p in self.pools:

@@ -35,17 +35,23 @@ Invariants:
 
 import json
 import logging
+from time import perf_counter
 
 from ._core import RequestScanner, ResponseScanner, ScanError
 from .balancer import KEY_COOKIE, KEY_HEADER, KEY_IP, KEY_NONE, KEY_PATH, KEY_QUERY
 from .downstream import (
     CLOSED, EXCHANGE_PAUSES, OPEN, PAUSE_PENDING, PAUSE_PIPELINE, PAUSE_UPSTREAM, ClientConnection,
 )
+from .counters import (
+    F_CLIENT_CLOSED, F_CLIENT_TIMEOUT, F_CONNECT_FAILED, F_CONNECT_TIMEOUT, F_METHOD, F_NO_BACKEND, F_NO_ROUTE,
+    F_NONE, F_PARSE_ERROR, F_QUEUE_FULL, F_QUEUE_TIMEOUT, F_SHUTDOWN, F_UPSTREAM_INVALID, F_UPSTREAM_RESET,
+    F_UPSTREAM_TIMEOUT, FLAG_NAMES, parse_flag,
+)
 from .errors import REASONS
 from .health import report_failure, report_success
 from .http1 import (
     COMPLETE, CUT, R_BODY, R_HEAD, R_NONE, REFUSED, Exchange, accepted_upgrade, cookie_value, error_response,
-    path_of, query_param, upgrade_offer,
+    new_traceparent, path_of, query_param, upgrade_offer, valid_traceparent,
 )
 from .upstream import BackendSession, dispatch
 
@@ -78,7 +84,8 @@ EOF_BACKEND = 2
 
 
 class ProxyConnection(ClientConnection):
-    __slots__ = ("scanner", "rscanner", "buf", "rbuf", "state", "ex", "session", "in_heads", "tunnel_eofs")
+    __slots__ = ("scanner", "rscanner", "buf", "rbuf", "state", "ex", "session", "in_heads", "tunnel_eofs",
+                 "t_start", "flag", "sent0", "req_in", "trace", "route_pool")
 
     def __init__(self, listener):
         ClientConnection.__init__(self, listener)
@@ -92,6 +99,13 @@ class ProxyConnection(ClientConnection):
         self.session = BackendSession(self, listener)
         self.in_heads = False
         self.tunnel_eofs = 0
+        # the request in progress, for the access log and the metrics (_record)
+        self.t_start = 0.0  # perf_counter() when its head was complete
+        self.flag = F_NONE  # why it ended, when not with a complete response (counters.FLAGS)
+        self.sent0 = 0  # self.sent when it started: bytes_out is the difference
+        self.req_in = 0  # request bytes consumed: head + body
+        self.trace = None  # the traceparent forwarded (tracing on), for the access log
+        self.route_pool = None  # the pool the request was routed to, for the access log
 
     # ------------------------------------------------------------------ events
     def on_connect(self):
@@ -99,6 +113,7 @@ class ProxyConnection(ClientConnection):
         listener.wheel.arm(self.timer, T_IDLE, listener.loop.time() + listener.timeouts.client_idle)
 
     def data_received(self, data):
+        self.received += len(data)
         if self.phase != OPEN:
             return  # lingering close: read and discard
         state = self.state
@@ -109,6 +124,7 @@ class ProxyConnection(ClientConnection):
             conn = self.session.conn
             if conn is not None:
                 conn.transport.write(data)
+            self.req_in += len(data)
             listener = self.listener
             listener.wheel.extend(self.timer, listener.loop.time() + listener.timeouts.tunnel)
             return
@@ -149,13 +165,16 @@ class ProxyConnection(ClientConnection):
             self._leave_queue()
             log.info("client %s closed while its request waited in pool %s's queue: dropped",
                      self.client_ip.decode("latin-1"), pool.name)
+            self.flag = F_CLIENT_CLOSED
+            if self.listener.observe:
+                self._record()
             self.ex = None
             self.session.finish(self.listener.loop.time())
             self.close_client()
             return False
         if state == BODY:
             # The request body can never complete.
-            self._fail(400, "client closed the connection before the end of the request body")
+            self._fail(400, "client closed the connection before the end of the request body", F_CLIENT_CLOSED)
             return True
         return True  # WAIT: answer the request in progress (and pipelined ones), then close
 
@@ -163,6 +182,13 @@ class ProxyConnection(ClientConnection):
         self._leave_queue()
         self.state = HEAD
         ex = self.ex
+        if ex is not None:
+            # gone in the middle of an exchange: a client that left, a reset we sent
+            # after a cut (its flag is set), or the drain's end
+            if not self.flag:
+                self.flag = F_CLIENT_CLOSED
+            if self.listener.observe:
+                self._record()
         self.ex = None
         self.session.finish(self.listener.loop.time(), abort=ex is not None and ex.outcome != COMPLETE)
 
@@ -214,12 +240,13 @@ class ProxyConnection(ClientConnection):
         elif kind == T_HEADER:
             if self.state == HEAD and self.ex is None:
                 if self.buf:
-                    self._client_error(408, "request head not received within %gs" % timeouts.client_header)
+                    self._client_error(408, "request head not received within %gs" % timeouts.client_header,
+                                       F_CLIENT_TIMEOUT)
                 else:
                     self.close_client(linger=False)
         elif kind == T_BODY:
             if self.state == BODY:
-                self._fail(408, "request body stalled for %gs" % timeouts.client_idle)
+                self._fail(408, "request body stalled for %gs" % timeouts.client_idle, F_CLIENT_TIMEOUT)
         elif kind == T_TUNNEL:
             if self.state == TUNNEL:
                 self._end_tunnel()
@@ -229,13 +256,13 @@ class ProxyConnection(ClientConnection):
                 self._leave_queue()
                 pool.queue_timeouts_total += 1
                 self._refuse_early(503, "pool %s: no backend had capacity within the queue timeout (%gs)" % (
-                    pool.name, pool.queue_timeout), self._retry_after(pool))
+                    pool.name, pool.queue_timeout), F_QUEUE_TIMEOUT, self._retry_after(pool))
 
     def on_send_timeout(self):
         reason = "client stopped reading the response for %gs" % self.listener.timeouts.send
         if self.ex is not None:
             self.ex.fail(0)
-            self._cut(reason)
+            self._cut(reason, F_CLIENT_TIMEOUT)
         else:
             log.info("client %s: %s", self.client_ip.decode("latin-1"), reason)
             self.abort_client()
@@ -246,19 +273,20 @@ class ProxyConnection(ClientConnection):
             return
         if ex.resp_started:
             ex.fail(0)
-            self._cut("backend stalled in the response body for %gs" % self.listener.timeouts.response)
+            self._cut("backend stalled in the response body for %gs" % self.listener.timeouts.response,
+                      F_UPSTREAM_TIMEOUT)
             return
         session = self.session
         per_try = session.pool.per_try_timeout
         if per_try is not None and not ex.resp_seen:
             reason = "backend did not respond within %gs (per_try_timeout)" % per_try
-            self._count_failure(reason)
+            self._count_failure(reason, F_UPSTREAM_TIMEOUT)
             if self._retry("per_try_timeout"):
                 return
         else:
             reason = "backend did not respond within %gs" % self.listener.timeouts.response
-            self._count_failure(reason)
-        self._fail(504, reason)
+            self._count_failure(reason, F_UPSTREAM_TIMEOUT)
+        self._fail(504, reason, F_UPSTREAM_TIMEOUT)
 
     def _retry(self, why):
         """Send the request again on another backend (session.retry); False when not
@@ -286,7 +314,7 @@ class ProxyConnection(ClientConnection):
                 try:
                     n = self.scanner.scan(self.buf)
                 except ScanError as exc:
-                    self._client_error(exc.status, exc.reason)
+                    self._client_error(exc.status, exc.reason, parse_flag(exc.status))
                     return
                 if not n:
                     break
@@ -297,6 +325,10 @@ class ProxyConnection(ClientConnection):
             self.close_client()  # half-closed: nothing complete is left to answer
 
     def _start_request(self, n):
+        self.t_start = perf_counter()
+        self.flag = F_NONE
+        self.sent0 = self.sent
+        self.req_in = n
         sc = self.scanner
         listener = self.listener
         method = sc.method
@@ -312,10 +344,12 @@ class ProxyConnection(ClientConnection):
 
         # phase: route
         if method == b"CONNECT":
+            self.route_pool = None
             del self.buf[:n]
-            self._refuse_early(405, "CONNECT is not supported by a reverse proxy")
+            self._refuse_early(405, "CONNECT is not supported by a reverse proxy", F_METHOD)
             return
         pool = listener.route(sc.host, target)
+        self.route_pool = pool
         key = self._request_key(pool) if pool is not None and pool.key_kind != KEY_NONE else None
 
         # the rebuilt head, kept by the session until the first backend write (retries resend it)
@@ -331,11 +365,25 @@ class ProxyConnection(ClientConnection):
             # (RFC 9112 §3.2): an absolute-form target's authority (the scanner's host),
             # else the pool's first backend.
             extra += b"Host: " + (sc.host or (pool.host_header if pool is not None else b"localhost")) + CRLF
-        head = sc.build_upstream_head(self.buf, self.client_ip, extra, False)
+        drop_trace = False
+        mode = listener.trace_mode
+        if mode:
+            # W3C Trace Context: a valid traceparent goes on as sent (fastlb records no
+            # span of its own); an invalid one never goes on: removed with its
+            # tracestate, and replaced when fastlb starts traces (mode 2)
+            tp = sc.traceparent
+            if tp is not None and not valid_traceparent(tp):
+                drop_trace = True
+                tp = None
+            if tp is None and mode == 2:
+                tp = new_traceparent()
+                extra += b"traceparent: " + tp + CRLF
+            self.trace = tp
+        head = sc.build_upstream_head(self.buf, self.client_ip, extra, False, drop_trace)
         del self.buf[:n]
 
         if pool is None:
-            self._refuse_early(404, "no route for this host and path")
+            self._refuse_early(404, "no route for this host and path", F_NO_ROUTE)
             return
         # phase: select (a pool with waiting requests serves them first: FIFO)
         backend = None
@@ -349,7 +397,7 @@ class ProxyConnection(ClientConnection):
                 self._enqueue(pool, key, head)  # every usable backend is at its capacity
             else:
                 pool.unavailable_total += 1
-                self._refuse_early(503, "no backend available in pool %s" % pool.name)
+                self._refuse_early(503, "no backend available in pool %s" % pool.name, F_NO_BACKEND)
             return
         self._forward(pool, backend, key, head)
 
@@ -372,7 +420,7 @@ class ProxyConnection(ClientConnection):
         if self.state == BODY and self.client_eof and self.ex is ex:
             # A pipelined request whose body was still incomplete when the client
             # half-closed: no more bytes can come (eof_received ran before it started).
-            self._fail(400, "client closed the connection before the end of the request body")
+            self._fail(400, "client closed the connection before the end of the request body", F_CLIENT_CLOSED)
 
     # ---------------------------------------------------------------- the queue
     def _enqueue(self, pool, key, head):
@@ -382,7 +430,7 @@ class ProxyConnection(ClientConnection):
         if len(pool.queue) >= pool.queue_size:
             pool.queue_full_total += 1
             self._refuse_early(503, "pool %s: every backend is at its capacity and the queue is full (%d)" % (
-                pool.name, pool.queue_size), self._retry_after(pool))
+                pool.name, pool.queue_size), F_QUEUE_FULL, self._retry_after(pool))
             return
         self.session.wait(pool, key, head)
         pool.queue.append(self)
@@ -407,7 +455,7 @@ class ProxyConnection(ClientConnection):
                 return
             self._leave_queue()
             pool.unavailable_total += 1
-            self._refuse_early(503, "no backend available in pool %s" % pool.name)
+            self._refuse_early(503, "no backend available in pool %s" % pool.name, F_NO_BACKEND)
             return
         self._leave_queue()
         self._forward(pool, backend, session.key, session.head)
@@ -419,7 +467,9 @@ class ProxyConnection(ClientConnection):
             queue = pool.queue
             if self in queue:
                 queue.remove(self)
-            pool.queue_wait_seconds_total += self.listener.loop.time() - session.t_queued
+            waited = self.listener.loop.time() - session.t_queued
+            pool.queue_wait_seconds_total += waited
+            pool.queue_wait.observe(waited)
             self.state = HEAD
 
     @staticmethod
@@ -453,18 +503,19 @@ class ProxyConnection(ClientConnection):
             self.session.arm_response(self.listener.loop.time(), True)
 
     def on_session_failed(self, status, reason):
-        self._fail(status, reason)
+        self._fail(status, reason, F_CONNECT_TIMEOUT if status == 504 else F_CONNECT_FAILED)
 
     def _request_body(self, data):
         ex = self.ex
+        self.req_in += len(data)
         try:
             out = ex.request_body(data)
         except ScanError as exc:
             if ex.resp_started:
                 ex.fail(0)
-                self._cut("invalid chunked request body: %s" % exc.reason)
+                self._cut("invalid chunked request body: %s" % exc.reason, F_PARSE_ERROR)
             else:
-                self._client_error(exc.status, exc.reason)
+                self._client_error(exc.status, exc.reason, parse_flag(exc.status))
             return
         if out and self.session.send(out):
             self.flow.pause(PAUSE_PENDING)
@@ -476,6 +527,7 @@ class ProxyConnection(ClientConnection):
         rest = ex.rest
         if rest:
             ex.rest = None
+            self.req_in -= len(rest)
             self.buf += rest
         if self.state == BODY:
             self.state = WAIT
@@ -487,6 +539,7 @@ class ProxyConnection(ClientConnection):
     def on_upstream_data(self, data):
         if self.state == TUNNEL:
             self.transport.write(data)
+            self.sent += len(data)
             listener = self.listener
             listener.wheel.extend(self.timer, listener.loop.time() + listener.timeouts.tunnel)
             return
@@ -499,10 +552,11 @@ class ProxyConnection(ClientConnection):
                 out = ex.response_body(data)
             except ScanError as exc:
                 ex.fail(0)
-                self._cut("invalid chunked response from backend: %s" % exc.reason)
+                self._cut("invalid chunked response from backend: %s" % exc.reason, F_UPSTREAM_INVALID)
                 return
             if out:
                 self.transport.write(out)
+                self.sent += len(out)
             if ex.outcome == COMPLETE:
                 self._complete()
             else:
@@ -520,7 +574,7 @@ class ProxyConnection(ClientConnection):
             try:
                 n = rsc.scan(rbuf)
             except ScanError as exc:
-                self._backend_failed(502, "invalid response from backend: %s" % exc.reason)
+                self._backend_failed(502, "invalid response from backend: %s" % exc.reason, F_UPSTREAM_INVALID)
                 return
             if not n:
                 return
@@ -533,19 +587,22 @@ class ProxyConnection(ClientConnection):
             # 1xx interim (100 Continue, 103 Early Hints): relayed to HTTP/1.1 clients
             # (RFC 9110 §15.2: a proxy MUST forward 1xx unless the client is HTTP/1.0).
             if ex.minor == 1:
-                self.transport.write(rsc.build_downstream_head(rbuf, b"", False))
+                interim = rsc.build_downstream_head(rbuf, b"", False)
+                self.transport.write(interim)
+                self.sent += len(interim)
             del rbuf[:n]
         listener = self.listener
         session = self.session
-        if session.pool.measure_latency:
-            session.latency_sample()
         backend = session.backend
+        session.response_head_seen(backend)
+        backend.responses[status // 100 - 1] += 1
         if status in session.pool.fail_statuses:
-            self._count_failure("status %d" % status)
+            self._count_failure("status %d" % status, "status")
         elif backend.consecutive_failures:
             report_success(backend)  # a good answer ends a run of failures
         out = ex.response_head(rsc, rbuf, n, listener.draining)
         self.transport.write(out)
+        self.sent += len(out)
         if ex.outcome == COMPLETE:
             self._complete()
         elif ex.req_done:  # the response body is in progress: its inactivity bound
@@ -556,16 +613,22 @@ class ProxyConnection(ClientConnection):
         rsc = self.rscanner
         rbuf = self.rbuf
         if ex.upgrade is None:
-            self._backend_failed(502, "backend answered 101 to a request that did not ask to upgrade")
+            self._backend_failed(502, "backend answered 101 to a request that did not ask to upgrade",
+                                 F_UPSTREAM_INVALID)
             return
         if not accepted_upgrade(rsc.header_value(rbuf, b"upgrade"), ex.upgrade):
-            self._backend_failed(502, "backend switched to a protocol the client did not offer")
+            self._backend_failed(502, "backend switched to a protocol the client did not offer", F_UPSTREAM_INVALID)
             return
         head = rsc.build_downstream_head(rbuf, b"Connection: upgrade\r\n", True)
         rest = bytes(rbuf[n:])
         rbuf.clear()
         self.transport.write(head + rest if rest else head)
+        self.sent += len(head) + len(rest)
+        session = self.session
+        session.response_head_seen(session.backend)
+        session.backend.responses[0] += 1
         self.state = TUNNEL
+        ex.status = 101
         ex.resp_started = True
         ex.rstate = R_NONE
         self.tunnel_eofs = 0
@@ -609,11 +672,12 @@ class ProxyConnection(ClientConnection):
             if ex.outcome == COMPLETE:
                 if out:
                     self.transport.write(out)
+                    self.sent += len(out)
                 self._complete()
             else:
                 reason = "backend closed the connection in the middle of the response body"
-                self._count_failure(reason)
-                self._cut(reason)
+                self._count_failure(reason, F_UPSTREAM_RESET)
+                self._cut(reason, F_UPSTREAM_RESET)
             return
         if ex.rstate == R_HEAD and not ex.resp_seen and conn.reused and not ex.req_has_body \
                 and ex.idempotent and not session.fresh_only:
@@ -627,14 +691,14 @@ class ProxyConnection(ClientConnection):
         reason = "backend %s the connection %s" % (
             "reset" if exc is not None else "closed", "in the middle of the response head" if self.rbuf
             else "before responding")
-        self._count_failure(reason)
+        self._count_failure(reason, F_UPSTREAM_RESET)
         if ex.rstate == R_HEAD and not ex.resp_seen and self._retry("reset" if exc is not None else "closed"):
             # Nothing of a response came: an idempotent request (or any, with
             # retry_non_idempotent) whose body is still held goes to another backend.
             log.info("%s %s: %s, sent again to another backend (request_id=%s)", ex.method.decode("latin-1"),
                      ex.target.decode("latin-1"), reason, ex.request_id.decode("latin-1"))
             return
-        self._fail(502, reason)
+        self._fail(502, reason, F_UPSTREAM_RESET)
 
     # --------------------------------------------------------------- phase: finish
     def _complete(self):
@@ -644,47 +708,51 @@ class ProxyConnection(ClientConnection):
         ex = self.ex
         self._end_exchange(NEXT if ex.keep_client(self.listener.draining) else CLOSE, reuse=ex.reuse_upstream())
 
-    def _fail(self, status, reason):
+    def _fail(self, status, reason, flag):
         """The exchange cannot complete: a JSON error if nothing was answered yet,
         else the client connection is reset (the response was cut)."""
         outcome = self.ex.fail(status)
         if outcome == CUT:
-            self._cut(reason)
+            self._cut(reason, flag)
         elif outcome == REFUSED:
-            self._refuse(reason)
+            self._refuse(reason, flag)
 
-    def _backend_failed(self, status, reason):
-        self._count_failure(reason)
-        self._fail(status, reason)
+    def _backend_failed(self, status, reason, flag):
+        self._count_failure(reason, flag)
+        self._fail(status, reason, flag)
 
-    def _count_failure(self, reason):
-        """A failure that counts against the backend (passive outlier detection)."""
+    def _count_failure(self, reason, kind):
+        """A failure that counts against the backend (passive outlier detection);
+        ``kind``: a flag, or "status" (a configured failure status)."""
         session = self.session
         backend = session.backend
         if backend is not None:
-            report_failure(session.pool, backend, self.listener.loop.time(), reason)
+            report_failure(session.pool, backend, self.listener.loop.time(), reason,
+                           FLAG_NAMES[kind] if kind.__class__ is int else kind)
 
-    def _refuse(self, reason, extra=b""):
+    def _refuse(self, reason, flag, extra=b""):
         """Outcome REFUSED: answer with fastlb's own status, then keep or close."""
         ex = self.ex
+        self.flag = flag
         status = ex.status
         backend = self.session.backend
         log.warning("%d %s %s: %s (backend=%s request_id=%s)", status, ex.method.decode("latin-1"),
                     ex.target.decode("latin-1"), reason, backend.address if backend is not None else "-",
                     ex.request_id.decode("latin-1"))
         keep = ex.keep_client(self.listener.draining)
-        self._write_error(status, reason, not keep, extra)
+        self._write_error(status, reason, not keep, flag, extra)
         self._end_exchange(NEXT if keep else CLOSE, abort=True)
 
-    def _refuse_early(self, status, reason, extra=b""):
+    def _refuse_early(self, status, reason, flag, extra=b""):
         """A request answered before any backend is involved (404, 405, 503). Its
         body is never read, so keep_client closes the connection if it has one."""
         self.ex.fail(status)
-        self._refuse(reason, extra)
+        self._refuse(reason, flag, extra)
 
-    def _cut(self, reason):
+    def _cut(self, reason, flag):
         """Outcome CUT: the client has part of a response; only a reset is honest."""
         ex = self.ex
+        self.flag = flag
         log.warning("%s %s: %s (request_id=%s)", ex.method.decode("latin-1"), ex.target.decode("latin-1"),
                     reason, ex.request_id.decode("latin-1"))
         self._end_exchange(RESET, abort=True)
@@ -693,6 +761,8 @@ class ProxyConnection(ClientConnection):
         """The one place an exchange ends: the session (connection pooled, closed or
         reset; load given back), the exchange's read pauses, then ``then``: NEXT
         request, CLOSE the client connection (lingering), or RESET it."""
+        if self.listener.observe:
+            self._record()
         self.session.finish(self.listener.loop.time(), reuse=reuse, abort=abort)
         self.flow.resume(EXCHANGE_PAUSES)
         self.ex = None
@@ -720,38 +790,85 @@ class ProxyConnection(ClientConnection):
             listener = self.listener
             listener.wheel.arm(self.timer, T_IDLE, listener.loop.time() + listener.timeouts.client_idle)
 
+    def shutdown_abort(self):
+        """The drain time is over: reset the connection, the request in progress
+        logged as ended by the shutdown."""
+        if self.ex is not None:
+            self.flag = F_SHUTDOWN
+        self.abort_client()
+
     def _end_tunnel(self, abort=False):
         """Both directions of a tunnel ended (or its deadline passed): close both
         sides; ``abort`` (a reset on one side) resets the other."""
         ex = self.ex
         if ex is not None:
             ex.outcome = CUT if abort else COMPLETE
+            if abort:
+                self.flag = F_UPSTREAM_RESET
         self._end_exchange(RESET if abort else CLOSE, abort=abort)
 
     # ---------------------------------------------------------------- failures
-    def _client_error(self, status, reason):
+    def _client_error(self, status, reason, flag):
         """Reject the client's request: status + JSON, connection closed, nothing forwarded."""
         if self.phase != OPEN:
             return
         log.info("%d from client %s: %s", status, self.client_ip.decode("latin-1"), reason)
         ex = self.ex
+        self.flag = flag
         if ex is not None:
             if ex.resp_started:
                 ex.fail(0)
-                self._cut(reason)
+                self._cut(reason, flag)
                 return
             ex.fail(status)
-            self._write_error(status, reason, True)
+            self._write_error(status, reason, True, flag)
             self._end_exchange(CLOSE, abort=True)
         else:
-            self._write_error(status, reason, True)
+            # no request could be read: the log line has no method or path
+            self.t_start = perf_counter()
+            self.sent0 = self.sent
+            self.req_in = len(self.buf)
+            rid = self._write_error(status, reason, True, flag)
+            if self.listener.observe:
+                self._record(status, rid)
             self.close_client()
 
-    def _write_error(self, status, reason, close, extra=b""):
+    def _write_error(self, status, reason, close, flag, extra=b""):
         ex = self.ex
         rid = ex.request_id if ex is not None else self.listener.next_request_id()
         body = json.dumps({"error": reason, "request_id": rid.decode("latin-1")}).encode() + b"\n"
-        self.transport.write(error_response(status, REASONS.get(status, "Error").encode(), body, rid,
-                                            ex is not None and ex.is_head, close, extra))
+        out = error_response(status, REASONS.get(status, "Error").encode(), body, rid,
+                             ex is not None and ex.is_head, close, extra)
+        self.transport.write(out)
+        self.sent += len(out)
+        generated = self.listener.generated
+        key = (status, flag)
+        generated[key] = generated.get(key, 0) + 1
         if ex is not None:
             ex.resp_started = True
+        return rid
+
+    # ------------------------------------------------------------- phase: log
+    def _record(self, status=0, rid=None):
+        """The request is over: its duration into the backend's histogram, one
+        access-log line (when on). Called once per request, before the session
+        lets go of the backend; ``status``/``rid`` only for a request rejected
+        before it had an exchange."""
+        ex = self.ex
+        session = self.session
+        backend = session.backend
+        listener = self.listener
+        listener.requests_total += 1
+        duration = perf_counter() - self.t_start
+        if backend is not None:
+            if listener.metrics:
+                backend.duration.observe(duration)
+            if F_CONNECT_FAILED <= self.flag <= F_UPSTREAM_INVALID:
+                backend.errors += 1  # the backend's fault (the dashboard's error rate)
+        access = listener.access_log
+        if access is not None:
+            if ex is not None:
+                status = ex.status if ex.resp_started else 0
+                access.request(self, ex, status, duration, backend, session, self.route_pool)
+            else:
+                access.rejected(self, status, duration, rid)

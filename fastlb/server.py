@@ -22,18 +22,24 @@ import asyncio
 import logging
 import os
 import signal
+import time
 
 from . import _core, health
 from ._version import __version__
+from .accesslog import AccessLog
 from .balancer import Pool
 from .http1 import path_of, split_host
+from .model import ObservabilitySpec
 from .proxy import HEAD, ProxyConnection
+from .stats import StatsSampler
 from .timers import Wheel
 from .upstream import dispatch, is_ip, resolve_backends, sweep_idle
 
 log = logging.getLogger("fastlb")
 
 __all__ = ["Server", "Router", "ListenerRuntime", "run"]
+
+TRACE_MODES = {"off": 0, "propagate": 1, "start": 2}
 
 
 class Router:
@@ -76,9 +82,11 @@ class ListenerRuntime:
     __slots__ = (
         "spec", "loop", "router", "timeouts", "limits", "connections", "draining",
         "extra_proto", "server", "address", "wheel", "upgrade_protocols", "_rid_prefix", "_rid_counter",
+        "connections_total", "bytes_received", "bytes_sent", "generated", "requests_total",
+        "access_log", "metrics", "observe", "trace_mode",
     )
 
-    def __init__(self, spec, loop, pools, timeouts, limits, wheel):
+    def __init__(self, spec, loop, pools, timeouts, limits, wheel, observability=None, access_log=None):
         self.spec = spec
         self.loop = loop
         self.router = Router(spec.routes, pools)
@@ -95,9 +103,30 @@ class ListenerRuntime:
         # unique without a syscall or a uuid object per request.
         self._rid_prefix = os.urandom(10).hex().encode("ascii")
         self._rid_counter = 0
+        # counters (counters.py): connections accepted; bytes of connections that
+        # ended (live ones add theirs: bytes_totals); fastlb's own answers by
+        # (status, flag); requests that ended
+        self.connections_total = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.generated = {}
+        self.requests_total = 0
+        obs = observability or ObservabilitySpec()
+        self.metrics = obs.metrics
+        self.access_log = access_log
+        self.observe = obs.metrics or access_log is not None  # proxy._record runs at all
+        self.trace_mode = TRACE_MODES[obs.tracing]
 
     def route(self, host, target):
         return self.router.route(host, target)
+
+    def bytes_totals(self):
+        """(received, sent) by every connection so far, live ones included."""
+        rx, tx = self.bytes_received, self.bytes_sent
+        for conn in self.connections:
+            rx += conn.received
+            tx += conn.sent
+        return rx, tx
 
     def next_request_id(self):
         self._rid_counter += 1
@@ -128,11 +157,20 @@ class Server:
         self.tick_interval = max(0.05, min(1.0, shortest / 4))
         self.wheel = Wheel(self.tick_interval, self.loop.time())
         self.backends = [b for pool in self.pools.values() for b in pool.backends]
+        self.access_log = None
+        self.started = 0.0  # time.time() at start (uptime, the dashboard)
+        self.reloads = {"success": 0, "failure": 0}  # no reload yet (docs/metrics.md)
+        self.stats = StatsSampler(self)
 
     async def start(self):
+        obs = self.config.observability
+        if obs.access_log is not None and self.access_log is None:
+            self.access_log = AccessLog(obs.access_log)  # a file that cannot be opened fails here
+        self.started = time.time()
         await resolve_backends(self.loop, self.backends)
         for spec in self.config.listeners:
-            rt = ListenerRuntime(spec, self.loop, self.pools, self.config.timeouts, self.config.limits, self.wheel)
+            rt = ListenerRuntime(spec, self.loop, self.pools, self.config.timeouts, self.config.limits, self.wheel,
+                                 obs, self.access_log)
             rt.server = await self.loop.create_server(
                 lambda rt=rt: ProxyConnection(rt), spec.bind.host, spec.bind.port,
                 reuse_address=True, backlog=1024,
@@ -155,6 +193,15 @@ class Server:
         self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
         now = self.loop.time()
         self.wheel.expire(now)  # each callback guarded on its own
+        if self.access_log is not None:
+            try:
+                self.access_log.flush()
+            except Exception:
+                log.exception("access log flush failed")
+        try:
+            self.stats.maybe_sample(now)
+        except Exception:
+            log.exception("stats sample failed")
         try:
             sweep_idle(self.backends, now, self.config.timeouts.upstream_idle)
         except Exception:
@@ -189,6 +236,13 @@ class Server:
     def install_signal_handlers(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.begin_drain, sig.name)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+
+    def reopen_logs(self):
+        """SIGUSR1 (logrotate): reopen the access log file."""
+        if self.access_log is not None:
+            log.info("SIGUSR1: reopening the access log")
+            self.access_log.reopen()
 
     def begin_drain(self, why="drain"):
         if self._drain_task is None:
@@ -210,7 +264,7 @@ class Server:
             log.warning("drain timeout: closing %d connection(s) still in flight", left)
             for rt in self.listeners:
                 for conn in list(rt.connections):
-                    conn.abort_client()
+                    conn.shutdown_abort()
         await self.stop()
 
     async def stop(self):
@@ -229,6 +283,12 @@ class Server:
             for b in pool.backends:
                 while b.idle:
                     b.idle.pop().close()
+        if self.access_log is not None:
+            # connections reset just before (the drain's end) log their line from
+            # connection_lost, a loop turn or two later
+            for _ in range(3):
+                await asyncio.sleep(0)
+            self.access_log.close()  # every line written (bounded wait)
         self._stopped.set()
 
     async def wait_stopped(self):

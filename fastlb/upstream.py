@@ -185,7 +185,7 @@ class BackendSession:
 
     __slots__ = ("owner", "listener", "timer", "pool", "backend", "key", "conn", "task", "head",
                  "attempts", "tried", "fresh_only", "pending", "pending_bytes", "t_sent", "latency",
-                 "hold", "hold_bytes", "retrying", "t_queued")
+                 "hold", "hold_bytes", "retrying", "t_queued", "t_connect", "connect_time", "response_time")
 
     def __init__(self, owner, listener):
         self.owner = owner
@@ -209,6 +209,9 @@ class BackendSession:
         self.pending_bytes = 0
         self.t_sent = 0.0
         self.latency = -1.0
+        self.t_connect = 0.0
+        self.connect_time = -1.0  # the last try's connect, seconds; 0 on a reused connection, -1 none
+        self.response_time = -1.0  # request head sent -> response head, seconds; -1 none
         self.hold = None  # body bytes sent so far, kept to resend on a retry (None: not resendable)
         self.hold_bytes = 0
         if self.retrying:
@@ -255,8 +258,10 @@ class BackendSession:
         backend = self.backend
         conn = None if self.fresh_only else acquire(backend)
         if conn is not None:
+            self.connect_time = 0.0
             self._attach(conn)
             return
+        self.t_connect = perf_counter()
         listener = self.listener
         listener.wheel.arm(self.timer, T_CONNECT, listener.loop.time() + listener.timeouts.connect)
         task = asyncio.ensure_future(listener.loop.create_connection(
@@ -282,13 +287,17 @@ class BackendSession:
             self._connect_failed(502, "connect to %s failed: %s" % (
                 backend.address, getattr(exc, "strerror", None) or exc))
             return
+        self.connect_time = elapsed = perf_counter() - self.t_connect
+        if self.listener.metrics:
+            backend.connect_time.observe(elapsed)
         self._attach(task.result()[1])
 
     def _connect_failed(self, status, reason):
         backend = self.backend
         now = self.listener.loop.time()
         log.warning("backend %s: %s", backend.address, reason)
-        report_failure(self.pool, backend, now, reason)
+        report_failure(self.pool, backend, now, reason,
+                       "upstream_connect_timeout" if status == 504 else "upstream_connect_failed")
         # Nothing reached the backend: safe to try another one whatever the method,
         # body included (still queued in self.pending, the client's reading paused at the mark).
         if self._next_backend("connect_timeout" if status == 504 else "connect_failed", now):
@@ -347,8 +356,7 @@ class BackendSession:
         conn.peer = owner
         transport = conn.transport
         transport.write(self.head)
-        if self.pool.measure_latency:
-            self.t_sent = perf_counter()  # loop.time() has 1 ms steps: too coarse for fast backends
+        self.t_sent = perf_counter()  # loop.time() has 1 ms steps: too coarse for fast backends
         if self.pending is not None:
             transport.writelines(self.pending)
             self.pending = None
@@ -437,11 +445,16 @@ class BackendSession:
         self._unuse(now)
         self._reset()
 
-    def latency_sample(self):
-        """Peak-EWMA sample: request sent -> response head, on a sub-microsecond
-        clock (uvloop's loop.time() has millisecond resolution, which would make
-        every sub-millisecond backend look equally fast at 0.0 s)."""
-        self.latency = perf_counter() - self.t_sent
+    def response_head_seen(self, backend):
+        """The final response head (or a 101) arrived: request sent -> head, on a
+        sub-microsecond clock (uvloop's loop.time() has millisecond resolution, which
+        would make every sub-millisecond backend look equally fast at 0.0 s), into
+        the backend's histogram and, for ewma pools, the peak-EWMA sample."""
+        self.response_time = elapsed = perf_counter() - self.t_sent
+        if self.listener.metrics:
+            backend.response_time.observe(elapsed)
+        if self.pool.measure_latency:
+            self.latency = elapsed
 
 
 def is_ip(host):

@@ -157,7 +157,7 @@ def test_demo_serves_and_stops_on_ctrl_c():
     bports = consecutive_free_ports(3)
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastlb", "demo", "--port", str(port), "--admin-port", str(admin),
-         "--backend-port", str(bports[0])],
+         "--backend-port", str(bports[0]), "--no-traffic"],  # its own traffic would interleave
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -176,6 +176,43 @@ def test_demo_serves_and_stops_on_ctrl_c():
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0
         assert "curl -s http://127.0.0.1:%d/hello" % port in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_demo_prints_the_dashboard_and_its_own_traffic_shows_there():
+    port, admin = free_port(), free_port()
+    bports = consecutive_free_ports(3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastlb", "demo", "--port", str(port), "--admin-port", str(admin),
+         "--backend-port", str(bports[0])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        stats = None
+        while time.monotonic() < deadline:
+            try:
+                stats = httpx.get("http://127.0.0.1:%d/api/v1/stats" % admin, timeout=2).json()
+                backends = stats["pools"][0]["backends"]
+                if all(b["rps"] > 0 and b["state"] == "up" for b in backends):
+                    break
+            except (httpx.HTTPError, ValueError, KeyError, IndexError):
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the demo's own traffic never showed in /api/v1/stats: %r" % (stats,))
+        page = httpx.get("http://127.0.0.1:%d/dashboard" % admin, timeout=5)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        # demo-3 is the slowest demo backend (about 15 ms), demo-1 the fastest
+        p50 = {b["address"]: b["p50"] for b in stats["pools"][0]["backends"]}
+        assert p50["127.0.0.1:%d" % bports[2]] > p50["127.0.0.1:%d" % bports[0]]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert "dashboard: http://127.0.0.1:%d/dashboard" % admin in out
+        assert "requests a second of its own" in out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -110,6 +110,9 @@ FASTLB_REJECTS = frozenset((400, 414, 417, 431, 501, 505))
 CANARY = b"GET /canary-%d HTTP/1.1\r\nHost: canary.test\r\nConnection: close\r\n\r\n"
 HOST_PATCH = b"corpus.test"
 ANY_RID = re.compile(rb"[0-9a-f]{32}")
+# W3C Trace Context: version 00 (the corpora carry no other), ids not all zeros
+VALID_TP = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+NEW_TP = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01")
 # Backend endpoints that answer with raw writes, without X-Echo-Request-ID
 RAW_ENDPOINTS = ("/hop", "/keepalive-leftover", "/halfhead", "/ws", "/reset", "/expect-reject")
 
@@ -589,6 +592,12 @@ def upstream_view(m, pool_host):
     if m.minor == 0 and not m.header(b"host"):
         authority = re.match(rb"[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)", m.url)
         headers.append((b"Host", authority.group(1) if authority else pool_host))
+    # tracing (default mode start, docs/tracing.md): one valid traceparent goes on as
+    # sent; otherwise traceparent and tracestate are dropped and a new one is added last
+    tps = [v.strip(b" \t") for n, v in m.headers if n.lower() == b"traceparent"]
+    if not (len(tps) == 1 and VALID_TP.fullmatch(tps[0])):
+        headers = [(n, v) for n, v in headers if n.lower() not in (b"traceparent", b"tracestate")]
+        headers.append((b"traceparent", NEW_TP))
     return m.method, m.url, headers, m.body
 
 

@@ -126,7 +126,7 @@ def test_all_problems_reported_together():
 
 def test_unknown_top_level_key_and_missing_sections():
     got = problems("listeners: []\nbogus: 1\n")
-    assert ("bogus", "unknown key (allowed: listeners, pools, admin, timeouts, limits)") in got
+    assert ("bogus", "unknown key (allowed: listeners, pools, admin, timeouts, limits, metrics, access_log, tracing)") in got
     assert ("pools", "required key is missing") in got
 
 

@@ -29,6 +29,9 @@ def _reference_keys():
     ("listeners[i].routes[j].", config._ROUTE_KEYS),
     ("timeouts.", config._TIMEOUT_KEYS),
     ("limits.", config._LIMIT_KEYS),
+    ("metrics.", ("enabled",)),
+    ("access_log.", config._ACCESS_LOG_KEYS),
+    ("tracing.", ("mode",)),
 ])
 def test_every_configuration_key_is_in_the_reference(prefix, keys):
     rows, _ = _reference_keys()
@@ -43,6 +46,8 @@ def test_the_complete_example_is_valid():
     api = cfg.pool("api")
     assert api.health is not None and api.outlier.consecutive_failures == 5 and api.max_in_flight == 200
     assert cfg.pool("web").slow_start == 30.0
+    obs = cfg.observability
+    assert obs.metrics and obs.tracing == "start" and obs.access_log.statuses == ((400, 499), (500, 599))
 
 
 def test_health_doc_state_table_is_the_code_table():
