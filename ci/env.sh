@@ -5,7 +5,8 @@
 #   happens to be first on PATH. It is EXTERNALLY-MANAGED (PEP 668), so nothing is
 #   pip-installed into it: everything goes into a venv ($FASTLB_VENV, default .venv).
 # - What the build and the tests need from the system (venv/ensurepip, the Python
-#   headers, a C compiler, curl as a test client) is installed with apt-get when it
+#   headers, a C compiler, curl as a test client, Chromium and its driver for the
+#   dashboard test, promtool for the metrics tests) is installed with apt-get when it
 #   is missing and we are root; otherwise the missing pieces are named and we stop.
 
 base_python=${FASTLB_PYTHON:-/usr/bin/python3}
@@ -27,6 +28,18 @@ missing_system_packages() {
   echo "${need[@]}"
 }
 
+# Test tools: headless Chromium for the dashboard test, promtool (Debian's prometheus
+# package) to lint /metrics and the alert rules. Installed (when FASTLB_TEST_TOOLS=1,
+# as the test scripts set it) when we are root; without them those tests skip, naming
+# the package.
+missing_test_tools() {
+  local need=()
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  echo "${need[@]}"
+}
+
 need=$(missing_system_packages)
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -39,6 +52,23 @@ if [ -n "$need" ]; then
   else
     echo "fastlb CI needs these Debian packages: $need (run as root, or install them: sudo apt-get install $need)" >&2
     exit 1
+  fi
+fi
+
+tools=
+if [ "${FASTLB_TEST_TOOLS:-0}" = 1 ]; then  # ci/test.sh and ci/test-wheel.sh, not the demo
+  tools=$(missing_test_tools)
+fi
+if [ -n "$tools" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== apt-get install $tools (test tools)"
+    export DEBIAN_FRONTEND=noninteractive
+    [ -n "$need" ] || apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $tools >/dev/null \
+      || echo "could not install $tools: the tests that need them will skip" >&2
+  else
+    echo "note: $tools not installed: the dashboard and promtool tests will skip (sudo apt-get install $tools)" >&2
   fi
 fi
 

@@ -9,6 +9,7 @@ wheel=${1:-$(ls "$src"/wheelhouse/fastlb-*.whl | head -n 1)}
 work=$(mktemp -d /tmp/fastlb-wheel-test.XXXXXX)
 cleanup() { [ -n "${lb_pid:-}" ] && kill "$lb_pid" 2>/dev/null; [ -n "${be_pid:-}" ] && kill "$be_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
+export FASTLB_TEST_TOOLS=1  # chromium, chromium-driver, promtool (ci/env.sh)
 cd "$src" && source ci/env.sh && cd - >/dev/null  # system packages; $base_python as everywhere
 
 "$base_python" -m venv "$work/venv"

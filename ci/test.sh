@@ -7,6 +7,7 @@
 #   bash ci/test.sh -k proxy   # extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export FASTLB_TEST_TOOLS=1  # chromium, chromium-driver, promtool (ci/env.sh)
 source ci/env.sh
 
 # The plot extra too, so fastlb simulate --plot is tested rather than skipped.

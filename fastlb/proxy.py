@@ -854,6 +854,12 @@ class ProxyConnection(ClientConnection):
         access-log line (when on). Called once per request, before the session
         lets go of the backend; ``status``/``rid`` only for a request rejected
         before it had an exchange."""
+        try:
+            self._observe(status, rid)
+        except Exception:  # a bug here must never leave the exchange half-ended
+            log.exception("recording request %s failed", self.ex.request_id if self.ex is not None else rid)
+
+    def _observe(self, status, rid):
         ex = self.ex
         session = self.session
         backend = session.backend
