@@ -921,3 +921,22 @@ def test_prober_delay_uses_down_interval_and_jitter():
         assert prober._delay(replace(sp, jitter=0.0), b) == 4.0
     finally:
         loop.close()
+
+
+def test_ejections_are_counted_under_the_kind_of_the_failure_that_tipped_them():
+    from fastlb.counters import EJECTION_REASONS
+
+    pool = make_pool(weights=(1, 1, 1, 1), outlier_detection={"consecutive_failures": 2,
+                                                               "base_ejection_time": "1s"})
+    b = pool.backends[0]
+    assert b.ejections_total == dict.fromkeys(EJECTION_REASONS, 0)  # every series from the start
+    report_failure(pool, b, 1.0, "reset", "upstream_reset")
+    report_failure(pool, b, 1.0, "status 503", "status")
+    assert b.state == EJECTED and b.ejections_total["status"] == 1 and b.ejections_total["upstream_reset"] == 0
+    tick(pool, 10.0)
+    assert b.state == UP
+    report_failure(pool, b, 11.0, "status 503", "status")
+    report_failure(pool, b, 11.0, "reset", "upstream_reset")
+    assert b.ejections_total["upstream_reset"] == 1 and b.ejections_total["status"] == 1
+    report_failure(pool, b, 11.0, "reset", "upstream_reset")  # already ejected: not counted again
+    assert sum(b.ejections_total.values()) == 2
