@@ -40,15 +40,24 @@ echo "== smoke: fastlb run in front of a backend"
 be_pid=$!
 for _ in $(seq 100); do [ -s "$work/be.port" ] && break; sleep 0.1; done
 be_port=$(head -n 1 "$work/be.port")
-"$work/venv/bin/fastlb" run --listen 127.0.0.1:0 --backend "127.0.0.1:$be_port" > "$work/lb.out" 2>&1 &
+"$work/venv/bin/fastlb" run --listen 127.0.0.1:0 --backend "127.0.0.1:$be_port" --admin 127.0.0.1:0 \
+  --access-log "$work/access.log" > "$work/lb.out" 2>&1 &
 lb_pid=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/lb.out" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q "admin API listening on" "$work/lb.out" && break; sleep 0.1; done
 lb_port=$(sed -n 's/^listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/lb.out")
-[ -n "$lb_port" ] || { cat "$work/lb.out" >&2; exit 1; }
+admin_port=$(sed -n 's/^admin API listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/lb.out")
+[ -n "$lb_port" ] && [ -n "$admin_port" ] || { cat "$work/lb.out" >&2; exit 1; }
 for i in 1 2 3; do
   body=$(curl -fsS "http://127.0.0.1:$lb_port/smoke-$i")
   grep -q "\"path\": \"/smoke-$i\"" <<<"$body" || { echo "unexpected answer: $body" >&2; exit 1; }
 done
+# the installed wheel serves its metrics and its dashboard page (package data), and logs
+curl -fsS "http://127.0.0.1:$admin_port/metrics" | grep -q '^fastlb_requests_total{.*code_class="2xx".*} 3.0$' \
+  || { echo "/metrics does not count the 3 requests" >&2; exit 1; }
+curl -fsS "http://127.0.0.1:$admin_port/dashboard" | grep -q 'data-backend' \
+  || { echo "/dashboard is not the dashboard page" >&2; exit 1; }
+for _ in $(seq 30); do [ "$(grep -c '"path":"/smoke-' "$work/access.log" 2>/dev/null)" = 3 ] && break; sleep 0.1; done
+[ "$(grep -c '"path":"/smoke-' "$work/access.log")" = 3 ] || { echo "access log lacks the 3 requests" >&2; exit 1; }
 kill -TERM "$lb_pid"; wait "$lb_pid"; lb_pid=
 if grep -q "pure-Python core" "$work/lb.out"; then echo "fastlb fell back to the pure core" >&2; exit 1; fi
 echo "wheel OK: $(basename "$wheel")"
