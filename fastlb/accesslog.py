@@ -1,8 +1,10 @@
 """The access log: one line per request, buffered, written by a thread of its own.
 
-On the request path a line is formatted and appended to a list: no syscall, no
-``logging`` call. The server's tick (at least once a second) hands the batch to a
-writer thread through a queue; that thread does the blocking ``os.write``. So a
+On the request path a request becomes a row of plain values (a tuple) appended to
+a list: no formatting, no syscall, no ``logging`` call. The server's tick (at least
+once a second, or sooner at FLUSH_LINES rows) formats the batch in one call of the
+compiled kernel ``_core.json_lines`` and hands the bytes to a writer thread through
+a queue; that thread does the blocking ``os.write``. So a
 slow disk, a full disk or a stdout nobody reads never blocks serving: while the
 writer is stuck, batches wait up to MAX_BACKLOG bytes, then new ones are dropped
 and counted (fastlb_access_log_dropped_lines_total);
@@ -20,6 +22,7 @@ import queue
 import threading
 import time
 
+from ._core import json_lines
 from .counters import FLAGS
 
 __all__ = ["AccessLog", "MAX_BACKLOG", "FLUSH_LINES"]
@@ -35,53 +38,28 @@ FLUSH_LINES = 1000
 _REOPEN = object()
 _STOP = object()
 
-FLAG_JSON = ("[]",) + tuple('["%s"]' % name for _, name, _ in FLAGS)
+FLAG_JSON = (b"[]",) + tuple(b'["%s"]' % name.encode("ascii") for _, name, _ in FLAGS)
 FLAG_TEXT = ("-",) + tuple(name for _, name, _ in FLAGS)
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def _json_str(value):
-    """A JSON string literal for request bytes (the scanner allows '"', '\\' and
-    obs-text in targets and field values: those are escaped, the rest is copied)."""
-    if value.isascii() and b'"' not in value and b"\\" not in value:
-        return '"%s"' % value.decode("ascii")
-    out = ['"']
-    for c in value.decode("latin-1"):
-        if c == '"' or c == "\\":
-            out.append("\\" + c)
-        elif ord(c) < 0x20 or ord(c) > 0x7E:
-            out.append("\\u%04x" % ord(c))
-        else:
-            out.append(c)
-    out.append('"')
-    return "".join(out)
 
 
 def _seconds(value):
     return "null" if value < 0 else "%.6f" % value
 
 
-# The request path's line, in one bytes % (each field's formatting inline, request
-# bytes copied as they are when they need no escape: this runs per request)
-_JSON_LINE = (b'{"time":"%s.%03dZ","client":"%s","method":"%s","path":"%s","status":%d,"bytes_in":%d,'
-              b'"bytes_out":%d,"duration":%.6f,"pool":%s,"backend":%s,"connect_time":%s,"response_time":%s,'
-              b'"retries":%d,"request_id":"%s","flags":%s,"trace_id":%s}\n')
-_JSON_FAST = _JSON_LINE.replace(b'"connect_time":%s,"response_time":%s', b'"connect_time":%.6f,"response_time":%.6f'
-                                ).replace(b'"trace_id":%s}', b'"trace_id":"%s"}')
-_FLAG_JSON_B = tuple(f.encode() for f in FLAG_JSON)
-_NULL = b"null"
-
-
-def _inner_b(value):
-    """The inside of a JSON string literal for request bytes that need escaping."""
-    return _json_str(value)[1:-1].encode("ascii")
+def _text(value):
+    """Request bytes in a combined-format line: printable ASCII as is, other bytes
+    (and '"', '\\') as \\xHH (Apache's escaping), so a line stays one line with
+    its quotes balanced."""
+    if value.isascii() and b'"' not in value and b"\\" not in value and value.decode("ascii").isprintable():
+        return value.decode("ascii")
+    return "".join(chr(c) if 0x20 <= c <= 0x7E and c not in (0x22, 0x5C) else "\\x%02x" % c for c in value)
 
 
 class AccessLog:
     __slots__ = ("spec", "path", "combined", "query", "sample", "_acc", "_ranges", "lines",
                  "queued_bytes", "written_bytes", "lines_total", "dropped_lines", "_q", "_thread", "_fd",
-                 "_last_warning", "_sec", "_stamp", "_cstamp", "written_lines", "failed_lines",
-                 "filtered", "_quoted", "_bstamp")
+                 "_last_warning", "_sec", "_cstamp", "written_lines", "failed_lines", "filtered", "_names")
 
     def __init__(self, spec):
         self.spec = spec
@@ -92,7 +70,7 @@ class AccessLog:
         self._acc = 0.0
         self._ranges = spec.statuses
         self.filtered = spec.statuses is not None or spec.sample < 1.0
-        self._quoted = {None: b"null"}  # pools and backends -> their JSON strings (bounded by the config)
+        self._names = {}  # pools and backends -> their names as bytes (bounded by the config)
         self.lines = []
         self.queued_bytes = 0  # loop thread only
         self.written_bytes = 0  # writer thread only (what it wrote or dropped)
@@ -101,8 +79,6 @@ class AccessLog:
         self.dropped_lines = 0  # loop thread: dropped while the writer was stuck
         self.failed_lines = 0  # writer thread: lost to a write error
         self._sec = -1
-        self._stamp = ""
-        self._bstamp = b""
         self._cstamp = ""
         self._last_warning = 0.0
         self._fd = None
@@ -137,15 +113,14 @@ class AccessLog:
         if sec != self._sec:
             self._sec = sec
             t = time.gmtime(sec)
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", t)
-            self._bstamp = self._stamp.encode("ascii")
             self._cstamp = "%02d/%s/%04d:%02d:%02d:%02d +0000" % (
                 t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
         return now, sec
 
     def request(self, conn, ex, status, duration, backend, session, pool):
-        """One request that had an exchange (proxy._record): the hot path, formatted
-        in one go (the combined format and rejected requests take _add)."""
+        """One request that had an exchange (proxy._record): the hot path. A JSON
+        line is kept as a row of plain values, formatted with its batch at flush by
+        the _core kernel (logline.json_lines) in one buffer."""
         flag = conn.flag
         if self.filtered and not self._wanted(status, flag):
             return
@@ -153,86 +128,53 @@ class AccessLog:
         if not self.query:
             target = target.partition(b"?")[0]
         trace = conn.trace
-        if self.combined:
-            self._add(conn, ex.method, target, ex.minor, status, duration, pool.name if pool is not None else None,
-                      backend.address if backend is not None else None,
-                      session.connect_time if backend is not None else -1.0,
-                      session.response_time if backend is not None else -1.0,
-                      session.attempts, ex.request_id, flag, trace[3:35] if trace is not None else None)
-            return
-        now = time.time()
-        sec = int(now)
-        if sec != self._sec:
-            self._time()
-        quoted = self._quoted
-        qpool = quoted.get(pool)
-        if qpool is None:
-            qpool = quoted[pool] = b'"%s"' % pool.name.encode("ascii")
-        if b'"' in target or b"\\" in target or not target.isascii():
-            target = _inner_b(target)
-        rid = ex.request_id
-        if b'"' in rid or b"\\" in rid or not rid.isascii():
-            rid = _inner_b(rid)
-        connect = session.connect_time
-        response = session.response_time
-        lines = self.lines
-        if backend is not None and connect >= 0 and response >= 0 and trace is not None:
-            # the common case in one format: a response from a backend, tracing on
-            qbackend = quoted.get(backend)
-            if qbackend is None:
-                qbackend = quoted[backend] = b'"%s"' % backend.address.encode("ascii")
-            lines.append(_JSON_FAST % (
-                self._bstamp, int((now - sec) * 1000), conn.client_ip, ex.method, target, status, conn.req_in,
-                conn.sent - conn.sent0, duration, qpool, qbackend, connect, response, session.attempts, rid,
-                _FLAG_JSON_B[flag], trace[3:35]))
+        if backend is not None:
+            connect = session.connect_time
+            response = session.response_time
         else:
-            if backend is not None:
-                qbackend = quoted.get(backend)
-                if qbackend is None:
-                    qbackend = quoted[backend] = b'"%s"' % backend.address.encode("ascii")
-                connect = b"%.6f" % connect if connect >= 0 else _NULL
-                response = b"%.6f" % response if response >= 0 else _NULL
-            else:
-                qbackend = connect = response = _NULL
-            lines.append(_JSON_LINE % (
-                self._bstamp, int((now - sec) * 1000), conn.client_ip, ex.method, target, status, conn.req_in,
-                conn.sent - conn.sent0, duration, qpool, qbackend, connect, response, session.attempts, rid,
-                _FLAG_JSON_B[flag], b'"%s"' % trace[3:35] if trace is not None else _NULL))
+            connect = response = -1.0
+        if self.combined:
+            self._combined(conn, ex.method, target, ex.minor, status, duration,
+                           pool.name if pool is not None else None, backend.address if backend is not None else None,
+                           connect, response, session.attempts, ex.request_id, flag)
+            return
+        names = self._names
+        pname = names.get(pool)
+        if pname is None and pool is not None:
+            pname = names[pool] = pool.name.encode("ascii")
+        bname = names.get(backend)
+        if bname is None and backend is not None:
+            bname = names[backend] = backend.address.encode("ascii")
+        # a row of plain values; the batch is formatted at flush (_core.json_lines)
+        lines = self.lines
+        lines.append((time.time(), conn.client_ip, ex.method, target, status, conn.req_in, conn.sent - conn.sent0,
+                      duration, pname, bname, connect, response, session.attempts, ex.request_id, FLAG_JSON[flag],
+                      trace[3:35] if trace is not None else None))
         if len(lines) >= FLUSH_LINES:
             self.flush()
 
     def rejected(self, conn, status, duration, rid):
         """A request refused before it could be read (no method or path)."""
-        self._add(conn, None, None, 1, status, duration, None, None, -1.0, -1.0, 0, rid, conn.flag, None)
-
-    def _add(self, conn, method, target, minor, status, duration, pool, backend, connect, response, retries,
-             rid, flag, trace_id):
-        now, sec = self._time()
-        bytes_in = conn.req_in
-        bytes_out = conn.sent - conn.sent0
-        client = conn.client_ip.decode("ascii")
         if self.combined:
-            line = '%s - - [%s] "%s" %d %d "-" "-" request_id=%s pool=%s backend=%s duration=%.6f ' \
-                   'connect_time=%s response_time=%s retries=%d bytes_in=%d flags=%s\n' % (
-                       client, self._cstamp,
-                       "%s %s HTTP/1.%d" % (method.decode("ascii"), target.decode("latin-1"), minor)
-                       if method is not None else "-",
-                       status, bytes_out, rid.decode("latin-1"), pool or "-", backend or "-", duration,
-                       _seconds(connect), _seconds(response), retries, bytes_in, FLAG_TEXT[flag])
-        else:
-            line = '{"time":"%s.%03dZ","client":"%s","method":%s,"path":%s,"status":%d,"bytes_in":%d,' \
-                   '"bytes_out":%d,"duration":%.6f,"pool":%s,"backend":%s,"connect_time":%s,' \
-                   '"response_time":%s,"retries":%d,"request_id":%s,"flags":%s,"trace_id":%s}\n' % (
-                       self._stamp, int((now - sec) * 1000), client,
-                       '"%s"' % method.decode("ascii") if method is not None else "null",
-                       _json_str(target) if target is not None else "null",
-                       status, bytes_in, bytes_out, duration,
-                       '"%s"' % pool if pool is not None else "null",
-                       '"%s"' % backend if backend is not None else "null",
-                       _seconds(connect), _seconds(response), retries, _json_str(rid), FLAG_JSON[flag],
-                       '"%s"' % trace_id.decode("ascii") if trace_id is not None else "null")
+            self._combined(conn, None, None, 1, status, duration, None, None, -1.0, -1.0, 0, rid, conn.flag)
+            return
         lines = self.lines
-        lines.append(line.encode("utf-8", "replace"))
+        lines.append((time.time(), conn.client_ip, None, None, status, conn.req_in, conn.sent - conn.sent0, duration,
+                      None, None, -1.0, -1.0, 0, rid, FLAG_JSON[conn.flag], None))
+        if len(lines) >= FLUSH_LINES:
+            self.flush()
+
+    def _combined(self, conn, method, target, minor, status, duration, pool, backend, connect, response, retries,
+                  rid, flag):
+        self._time()
+        line = '%s - - [%s] "%s" %d %d "-" "-" request_id=%s pool=%s backend=%s duration=%.6f ' \
+               'connect_time=%s response_time=%s retries=%d bytes_in=%d flags=%s\n' % (
+                   conn.client_ip.decode("ascii"), self._cstamp,
+                   "%s %s HTTP/1.%d" % (method.decode("ascii"), _text(target), minor) if method is not None else "-",
+                   status, conn.sent - conn.sent0, _text(rid), pool or "-", backend or "-", duration,
+                   _seconds(connect), _seconds(response), retries, conn.req_in, FLAG_TEXT[flag])
+        lines = self.lines
+        lines.append(line.encode("ascii"))
         if len(lines) >= FLUSH_LINES:
             self.flush()
 
@@ -241,8 +183,9 @@ class AccessLog:
         here unless the writer sleeps and must be woken)."""
         if not self.lines:
             return
-        data = b"".join(self.lines)
-        n = len(self.lines)
+        lines = self.lines
+        data = b"".join(lines) if self.combined else json_lines(lines)
+        n = len(lines)
         self.lines = []
         self.lines_total += n
         if self.queued_bytes - self.written_bytes + len(data) > MAX_BACKLOG:

@@ -19,7 +19,7 @@ import os
 
 from ._scanerror import ScanError
 
-KERNELS = ("scanner", "selectors", "hashing")
+KERNELS = ("scanner", "selectors", "hashing", "logline")
 
 IMPLEMENTATION = "python"
 FALLBACK_REASON = None
@@ -42,6 +42,7 @@ else:
             P2C, LeastConnections, LoadState, PeakEWMA, RoundRobin, SmoothWRR, WeightedRandom,
         )
         from .hashing import KetamaRing, Maglev, is_prime, key_hash, md5
+        from .logline import json_chars, json_lines
 
         IMPLEMENTATION = "cython"
     except ImportError as exc:  # not built (source checkout, pure wheel)
@@ -58,6 +59,7 @@ if IMPLEMENTATION == "python":
         P2C, LeastConnections, LoadState, PeakEWMA, RoundRobin, SmoothWRR, WeightedRandom,
     )
     from .hashing_py import KetamaRing, Maglev, is_prime, key_hash, md5
+    from .logline_py import json_chars, json_lines
 
 __all__ = [
     "IMPLEMENTATION",
@@ -78,5 +80,7 @@ __all__ = [
     "Maglev",
     "key_hash",
     "md5",
+    "json_lines",
+    "json_chars",
     "is_prime",
 ]

@@ -20,7 +20,7 @@ def test_compiled_core_is_loaded():
     assert fastlb.core_implementation() == "cython"
     for name in ("RequestScanner", "ResponseScanner", "ChunkedDecoder", "SmoothWRR", "RoundRobin",
                  "LoadState", "LeastConnections", "WeightedRandom", "P2C", "PeakEWMA",
-                 "KetamaRing", "Maglev", "key_hash", "md5"):
+                 "KetamaRing", "Maglev", "key_hash", "md5", "json_lines", "json_chars"):
         cls = getattr(_core, name)
         # Extension types are not defined in a .py file.
         assert not getattr(sys.modules[cls.__module__], "__file__", "").endswith(".py"), name
