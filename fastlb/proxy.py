@@ -851,30 +851,28 @@ class ProxyConnection(ClientConnection):
     # ------------------------------------------------------------- phase: log
     def _record(self, status=0, rid=None):
         """The request is over: its duration into the backend's histogram, one
-        access-log line (when on). Called once per request, before the session
+        access-log row (when on). Called once per request, before the session
         lets go of the backend; ``status``/``rid`` only for a request rejected
-        before it had an exchange."""
+        before it had an exchange. Never raises: a bug here must not leave the
+        exchange half-ended (the try costs nothing until it catches)."""
         try:
-            self._observe(status, rid)
-        except Exception:  # a bug here must never leave the exchange half-ended
+            ex = self.ex
+            session = self.session
+            backend = session.backend
+            listener = self.listener
+            listener.requests_total += 1
+            duration = perf_counter() - self.t_start
+            if backend is not None:
+                if listener.metrics:
+                    backend.duration.observe(duration)
+                if F_CONNECT_FAILED <= self.flag <= F_UPSTREAM_INVALID:
+                    backend.errors += 1  # the backend's fault (the dashboard's error rate)
+            access = listener.access_log
+            if access is not None:
+                if ex is not None:
+                    status = ex.status if ex.resp_started else 0
+                    access.request(self, ex, status, duration, backend, session, self.route_pool)
+                else:
+                    access.rejected(self, status, duration, rid)
+        except Exception:
             log.exception("recording request %s failed", self.ex.request_id if self.ex is not None else rid)
-
-    def _observe(self, status, rid):
-        ex = self.ex
-        session = self.session
-        backend = session.backend
-        listener = self.listener
-        listener.requests_total += 1
-        duration = perf_counter() - self.t_start
-        if backend is not None:
-            if listener.metrics:
-                backend.duration.observe(duration)
-            if F_CONNECT_FAILED <= self.flag <= F_UPSTREAM_INVALID:
-                backend.errors += 1  # the backend's fault (the dashboard's error rate)
-        access = listener.access_log
-        if access is not None:
-            if ex is not None:
-                status = ex.status if ex.resp_started else 0
-                access.request(self, ex, status, duration, backend, session, self.route_pool)
-            else:
-                access.rejected(self, status, duration, rid)
