@@ -162,6 +162,11 @@ def run_demo(port=8080, admin_port=8081, backend_port=9001, traffic=True):
                     server.begin_drain("demo backends failed")
                     return
                 backends.append(b)
+            pool = server.pools["demo"]
+            for _ in range(50):  # the first health checks (usually a few ms): curl then gets answers at once
+                if pool.healthy() == len(pool.backends):
+                    break
+                await asyncio.sleep(0.1)
             print("demo backends: %s (weights 2, 1, 1)" % ", ".join(
                 "demo-%d on 127.0.0.1:%d" % (i + 1, backend_port + i) for i in range(3)), flush=True)
             print("dashboard: http://127.0.0.1:%d/dashboard  (open it in a browser)" % admin_port, flush=True)

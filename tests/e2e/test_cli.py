@@ -161,6 +161,16 @@ def test_demo_serves_and_stops_on_ctrl_c():
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 20
+        # the demo pool has health checks: every backend up first, or the first requests
+        # are spread over the ones that passed their first check
+        while time.monotonic() < deadline:
+            try:
+                pools = httpx.get("http://127.0.0.1:%d/api/v1/pools" % admin, timeout=2).json()["pools"]
+                if all(b["state"] == "up" for b in pools[0]["backends"]):
+                    break
+            except (httpx.HTTPError, ValueError, KeyError, IndexError):
+                pass
+            time.sleep(0.1)
         seen = []
         while time.monotonic() < deadline:
             try:
