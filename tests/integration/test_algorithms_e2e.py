@@ -204,15 +204,17 @@ def test_ewma_avoids_a_slow_backend_that_never_queues(fastlb, backends):
 
     With two backends both are the P2C candidates at every pick, so the cheaper always
     wins: the slow one (>= 100 ms on every response, a fixed delay) is picked only while
-    its decayed EWMA is below the fast one's. ewma_decay 500ms bounds how long a hiccup
+    its decayed EWMA is below the fast one's. ewma_decay 300ms bounds how long a hiccup
     of the fast backend (its EWMA jumps to the peak) can send traffic to the slow one
-    (0.5 s * ln(peak / 100 ms): under a second for a 600 ms stall), and makes decay
+    (0.3 s * ln(peak / 100 ms): about half a second for a 600 ms stall), and makes decay
     visible: the idle slow backend's EWMA decays on read, so it is probed again after
-    0.5 s * ln(100 ms / fast EWMA), under 3 s for any fast EWMA above 0.3 ms.
+    0.3 s * ln(100 ms / fast EWMA), under 2.3 s for any fast EWMA above 50 us (a fast
+    machine answers in well under 0.3 ms; with 500ms that took 3.3-3.8 s, and the
+    test failed 4 runs in 5 in its 4 s window).
     """
     slow = backends[0]
     slow.delay = SLOW_DELAY
-    proc = run_lb(fastlb, backends[:2], "ewma", ewma_decay="500ms")
+    proc = run_lb(fastlb, backends[:2], "ewma", ewma_decay="300ms")
     got = timed_sequence(proc, 4.0, 3000)
     slow_at = [t for t, name in got if name == slow.name]
     assert len(got) >= 20, got
