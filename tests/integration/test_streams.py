@@ -93,6 +93,15 @@ class _Handler(socketserver.BaseRequestHandler):
         record.update(sha256=h.hexdigest(), done=True)
 
 
+def _wait_done(record, timeout=10.0):
+    """The backend marks a download done after its last sendall returns and it hashed
+    the block: a fast client can have read every byte before that. Wait (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not record["done"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return record["done"]
+
+
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -160,7 +169,7 @@ def test_one_gib_download_and_upload_hash_equal_on_both_sides(lb, stream_backend
             h.update(chunk)
             got += len(chunk)
     sent = stream_backend.records[-1]
-    assert sent["done"] and sent["bytes"] == GIB
+    assert _wait_done(sent) and sent["bytes"] == GIB
     assert got == GIB, "client got %d of %d bytes" % (got, GIB)
     assert h.hexdigest() == sent["sha256"], "the download arrived altered"
 
@@ -215,7 +224,7 @@ def test_client_that_stops_reading_holds_fastlb_memory_bounded_then_gets_every_b
         got += len(chunk)
     s.close()
     assert got == n
-    assert rec["done"] and h.hexdigest() == rec["sha256"]
+    assert _wait_done(rec) and h.hexdigest() == rec["sha256"]
 
 
 def test_backend_that_stops_reading_holds_fastlb_memory_bounded_then_gets_every_byte(lb, stream_backend):
