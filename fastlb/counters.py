@@ -20,7 +20,7 @@ vocabulary (HAProxy's termination state and Envoy's response flags in words).
 
 from bisect import bisect_left
 
-__all__ = ["BUCKETS", "Histogram", "FLAGS", "FLAG_NAMES", "CODE_CLASSES", "parse_flag"]
+__all__ = ["BUCKETS", "Histogram", "cumulative", "FLAGS", "FLAG_NAMES", "CODE_CLASSES", "parse_flag"]
 
 # Histogram bucket upper bounds, seconds (Prometheus ``le``): APIs answer in 1 ms to
 # 10 s; 1-2.5-5 steps per decade. docs/metrics.md lists them.
@@ -48,12 +48,17 @@ class Histogram:
         return sum(self.counts)
 
     def cumulative(self):
-        out = []
-        total = 0
-        for c in self.counts:
-            total += c
-            out.append(total)
-        return out
+        return cumulative(self.counts)
+
+
+def cumulative(counts):
+    """Per-bucket counts -> Prometheus's cumulative ones (the last is +Inf = count)."""
+    out = []
+    total = 0
+    for c in counts:
+        total += c
+        out.append(total)
+    return out
 
 
 # Termination flags: (code, name, what it means). 0 is "none": a complete response.

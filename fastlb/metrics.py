@@ -22,10 +22,10 @@ from prometheus_client.exposition import choose_encoder
 
 from . import _core
 from ._version import __version__
-from .counters import BUCKETS, CODE_CLASSES, FLAG_NAMES
+from .counters import BUCKETS, CODE_CLASSES, FLAG_NAMES, cumulative
 from .health import STATES, USABLE_STATES
 
-__all__ = ["FAMILIES", "GAUGE_MERGE", "snapshot", "merge", "render", "Registry"]
+__all__ = ["FAMILIES", "GAUGE_MERGE", "snapshot", "merge", "Registry"]
 
 B = ("pool", "backend")
 FAMILIES = {
@@ -170,12 +170,7 @@ class _Collector:
             else:
                 fam = HistogramMetricFamily(name, doc, labels=labels)
                 for key, (counts, total) in samples.items():
-                    cumulative = []
-                    running = 0
-                    for bound, c in zip(_BOUNDS, counts):
-                        running += c
-                        cumulative.append((bound, running))
-                    fam.add_metric(key, cumulative, total)
+                    fam.add_metric(key, list(zip(_BOUNDS, cumulative(counts))), total)
             yield fam
 
 
@@ -192,7 +187,3 @@ class Registry:
         """(body bytes, content type) for a scrape with this Accept header."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
-
-
-def render(server, accept=""):
-    return Registry(server).render(accept)

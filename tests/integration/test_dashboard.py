@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import free_port, pool_doc
+from tests.support.wait import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 DEBIAN_PACKAGES = "Debian packages chromium chromium-driver (apt-get install chromium chromium-driver)"
@@ -45,15 +46,6 @@ return Array.from(document.querySelectorAll('[data-backend]')).map(function (r) 
 
 
 # ------------------------------------------------------------------------ helpers
-def wait_for(pred, timeout, interval=POLL):
-    """Poll ``pred()`` until it returns something true or ``timeout`` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
 
 def rps_value(text):
     try:
@@ -167,7 +159,7 @@ def test_dashboard_shows_live_backends_and_a_stopped_one_leaving_up(fastlb, back
                      for a in addresses)
             return ok and rows
 
-        rows = wait_for(all_up_with_traffic, 15)
+        rows = wait_for(all_up_with_traffic, 15, POLL)
         assert rows, "the dashboard did not show 3 backends up with traffic within 15 s: rows %r\n" \
                      "traffic ok=%d failed=%d\nstats: %s" % (
                          browser.execute_script(ROWS_JS), traffic.ok, traffic.failed, stats_text(lb))
@@ -186,7 +178,7 @@ def test_dashboard_shows_live_backends_and_a_stopped_one_leaving_up(fastlb, back
             states = {r[0]: r[1] for r in browser.execute_script(ROWS_JS)}
             return states.get(victim.address) not in (None, "up") and states
 
-        states = wait_for(victim_left_up, 10)
+        states = wait_for(victim_left_up, 10, POLL)
         assert states, "the stopped backend %s still shows up after 10 s: %r\nstats: %s" % (
             victim.address, browser.execute_script(ROWS_JS), stats_text(lb))
         assert states[victim.address] in ("down", "ejected", "checking"), states
@@ -212,7 +204,7 @@ def test_dashboard_shows_live_backends_and_a_stopped_one_leaving_up(fastlb, back
         text = browser.execute_script("return document.body.innerText")
         return "connection to fastlb lost" in text.lower() and text
 
-    text = wait_for(banner_shown, 8)
+    text = wait_for(banner_shown, 8, POLL)
     assert text, "no 'connection lost' banner within 8 s of fastlb stopping"
     assert len(browser.execute_script(ROWS_JS)) == 3, "the page was blanked when the connection was lost"
 

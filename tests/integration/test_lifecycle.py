@@ -18,6 +18,7 @@ import pytest
 from tests.integration.conftest import FAST_TIMEOUTS, free_port, pool_doc
 from tests.support.backend import pattern_sha256
 from tests.support.fastlb_proc import ResponseReader, read_response, recv_until_closed
+from tests.support.wait import wait_for
 
 # --------------------------------------------------------------------------- helpers
 
@@ -137,15 +138,6 @@ def header_value(head, name):
 
 def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def wait_for(pred, timeout=10.0, interval=0.05):
-    end = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= end:
-            return v
-        time.sleep(interval)
 
 
 def next_or_eof(sock, request=b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n", timeout=8.0):

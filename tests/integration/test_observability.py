@@ -21,20 +21,12 @@ import pytest
 from tests.integration.conftest import FAST_TIMEOUTS, free_port, pool_doc
 from tests.support.backend import BackendServer
 from tests.support.fastlb_proc import FastlbProcess
+from tests.support.wait import wait_for
 
 FIELDS = ["time", "client", "method", "path", "status", "bytes_in", "bytes_out", "duration", "pool", "backend",
           "connect_time", "response_time", "retries", "request_id", "flags", "trace_id"]
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
-
-
-def wait_for(pred, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def scrape(proc, accept=None):

@@ -18,17 +18,9 @@ import pytest
 
 from tests.integration.conftest import pool_doc
 from tests.support.backend import BackendServer
+from tests.support.wait import wait_for
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_for(pred, timeout=10.0, interval=0.02):
-    end = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= end:
-            return v
-        time.sleep(interval)
 
 
 def read_until_end(sock, timeout=8.0):

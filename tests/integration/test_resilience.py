@@ -28,6 +28,7 @@ import pytest
 
 from tests.integration.conftest import FAST_TIMEOUTS, free_port, pool_doc
 from tests.support.backend import BackendServer
+from tests.support.wait import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROBE_UA = b"fastlb-health"
@@ -38,15 +39,6 @@ TIMEOUTS = dict(FAST_TIMEOUTS, connect="1s")
 
 
 # ------------------------------------------------------------------------ helpers
-def wait_for(pred, timeout, interval=0.05):
-    """Poll ``pred()`` until it returns something true or ``timeout`` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
 
 def admin_pool(proc, pool="p"):
     r = httpx.get("http://127.0.0.1:%d/api/v1/pools/%s" % (proc.admin_port, pool), timeout=5)
