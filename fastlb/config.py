@@ -6,6 +6,7 @@ so ``fastlb check`` shows them all at once. Unknown keys are errors (a typo must
 not silently fall back to a default).
 """
 
+import dataclasses
 import ipaddress
 import re
 
@@ -16,7 +17,14 @@ from .errors import ConfigError
 from .model import (
     ALGORITHMS,
     AccessLogSpec,
+    AccessSpec,
+    ApiKeySpec,
+    AuthSpec,
+    BasicSpec,
+    JwtSpec,
     ObservabilitySpec,
+    RateLimitSpec,
+    RequestLimitSpec,
     DEFAULT_ALGORITHM,
     Address,
     AdminSpec,
@@ -223,10 +231,25 @@ _OUTLIER_KEYS = ("consecutive_failures", "statuses", "base_ejection_time", "max_
                  "max_ejection_percent")
 HASH_KEY_KINDS = ("ip", "path", "header", "cookie", "query")
 _BACKEND_KEYS = ("address", "weight", "max_connections", "max_in_flight")
-_LISTENER_KEYS = ("name", "bind", "routes", "pool", "upgrade_protocols")
-_ROUTE_KEYS = ("host", "path_prefix", "pool")
+_LISTENER_KEYS = ("name", "bind", "routes", "pool", "upgrade_protocols", "trusted_proxies", "proxy_protocol",
+                  "limits")
+_ROUTE_KEYS = ("name", "host", "path_prefix", "pool", "access", "rate_limits", "auth", "limits")
 _TIMEOUT_KEYS = tuple(TimeoutSpec.__dataclass_fields__)
-_LIMIT_KEYS = tuple(LimitSpec.__dataclass_fields__)
+_HEAD_LIMIT_KEYS = ("max_request_line", "max_header_bytes", "max_header_fields")
+_REQUEST_LIMIT_KEYS = tuple(RequestLimitSpec.__dataclass_fields__)
+_LIMIT_KEYS = tuple(LimitSpec.__dataclass_fields__) + _REQUEST_LIMIT_KEYS
+_LISTENER_LIMIT_KEYS = _HEAD_LIMIT_KEYS + _REQUEST_LIMIT_KEYS + ("max_connections_per_client",)
+_RATE_LIMIT_KEYS = ("key", "rate", "burst", "name", "max_keys")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+RATE_LIMIT_KEY_KINDS = ("ip", "header", "api_key", "jwt", "route")
+JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
+_AUTH_KINDS = ("api_key", "jwt", "basic")
+_API_KEY_KEYS = ("header", "query", "keys_sha256", "keys_file", "forward_credential")
+_JWT_KEYS = ("algorithms", "jwks_file", "jwks_url", "secret_file", "issuer", "audience", "leeway", "forward_claims",
+             "required_claims", "jwks_refresh", "forward_credential")
+_BASIC_KEYS = ("htpasswd", "realm", "users", "forward_credential")
+_HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def from_dict(doc):
@@ -236,10 +259,10 @@ def from_dict(doc):
         raise ConfigError(ctx.problems)
     pools = _pools(ctx, doc.get("pools"))
     pool_names = {p.name for p in pools} if pools else set()
-    listeners = _listeners(ctx, doc.get("listeners"), pool_names)
+    limits, request_limits = _limits(ctx, doc.get("limits"))
+    listeners = _listeners(ctx, doc.get("listeners"), pool_names, request_limits, limits)
     admin = _admin(ctx, doc["admin"]) if "admin" in doc else None
     timeouts = _section(ctx, doc.get("timeouts"), "timeouts", TimeoutSpec, _TIMEOUT_KEYS, parse_duration)
-    limits = _limits(ctx, doc.get("limits"))
     observability = _observability(ctx, doc)
     binds = {}
     for i, lst in enumerate(listeners or ()):
@@ -252,7 +275,7 @@ def from_dict(doc):
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return Config(listeners=tuple(listeners), pools=tuple(pools), admin=admin, timeouts=timeouts, limits=limits,
-                  observability=observability)
+                  observability=observability, request_limits=request_limits)
 
 
 def _observability(ctx, doc):
@@ -562,7 +585,8 @@ def _outlier(ctx, value, path):
     return spec
 
 
-def _listeners(ctx, value, pool_names):
+def _listeners(ctx, value, pool_names, request_limits=None, head_base=None):
+    base_limits = request_limits or RequestLimitSpec()
     if value is None:
         return []
     if not isinstance(value, list) or not value:
@@ -581,6 +605,24 @@ def _listeners(ctx, value, pool_names):
             ctx.err(path + ".name", "duplicate listener name %r" % name)
         names.add(name)
         bind = ctx.convert(lst.get("bind"), path + ".bind", parse_address, True) if "bind" in lst else None
+        guard = {}
+        if "trusted_proxies" in lst:
+            guard["trusted_proxies"] = _networks(ctx, lst["trusted_proxies"], path + ".trusted_proxies")
+        if "proxy_protocol" in lst:
+            if not isinstance(lst["proxy_protocol"], bool):
+                ctx.err(path + ".proxy_protocol", "expected true or false, got %r" % (lst["proxy_protocol"],))
+            else:
+                guard["proxy_protocol"] = lst["proxy_protocol"]
+        limits = base_limits
+        if "limits" in lst:
+            limits = _listener_limits(ctx, lst["limits"], path + ".limits", base_limits, guard)
+            if "head_limits" in guard:
+                head = dataclasses.replace(head_base or LimitSpec(), **guard["head_limits"])
+                if head.max_request_line > head.max_header_bytes:
+                    ctx.err(path + ".limits.max_request_line", "must not exceed max_header_bytes (%d)"
+                            % head.max_header_bytes)
+                guard["head_limits"] = head
+        guard["limits"] = limits
         routes = []
         if "routes" in lst and "pool" in lst:
             ctx.err(path, "give either 'pool' (one default pool) or 'routes', not both")
@@ -588,22 +630,51 @@ def _listeners(ctx, value, pool_names):
             if lst["pool"] not in pool_names:
                 ctx.err(path + ".pool", "no pool named %r (pools: %s)" % (lst["pool"], ", ".join(sorted(pool_names)) or "none"))
             else:
-                routes.append(RouteSpec(pool=lst["pool"]))
+                routes.append(RouteSpec(pool=lst["pool"], limits=limits))
         elif "routes" in lst:
             raw = lst["routes"]
             if not isinstance(raw, list) or not raw:
                 ctx.err(path + ".routes", "expected a non-empty list of routes, got %s" % _kind(raw))
             else:
                 for j, r in enumerate(raw):
-                    route = _route(ctx, r, "%s.routes[%d]" % (path, j), pool_names)
+                    route = _route(ctx, r, "%s.routes[%d]" % (path, j), pool_names, limits)
                     if route is not None:
                         routes.append(route)
         else:
             ctx.err(path + ".routes", "required: a list of routes (or 'pool: NAME' for one default pool)")
         upgrade = _upgrade_protocols(ctx, lst.get("upgrade_protocols", ["websocket"]), path + ".upgrade_protocols")
         if bind is not None:
-            listeners.append(ListenerSpec(name=name, bind=bind, routes=tuple(routes), upgrade_protocols=upgrade))
-    return listeners
+            listeners.append(ListenerSpec(name=name, bind=bind, routes=tuple(routes), upgrade_protocols=upgrade,
+                                          **guard))
+    return _name_routes(ctx, listeners)
+
+
+def _name_routes(ctx, listeners):
+    """Every route gets a label (metrics, access log): its ``name``, else host + path
+    prefix, prefixed with the listener's name where two listeners would share one."""
+    counts = {}
+    for lst in listeners:
+        for r in lst.routes:
+            if not r.name:
+                label = (r.host or "") + r.path_prefix
+                counts[label] = counts.get(label, 0) + 1
+    seen = {}
+    out = []
+    for i, lst in enumerate(listeners):
+        routes = []
+        for j, r in enumerate(lst.routes):
+            label = r.name
+            if not label:
+                label = (r.host or "") + r.path_prefix
+                if counts[label] > 1:
+                    label = "%s:%s" % (lst.name, label)
+            if label in seen and r.name:
+                ctx.err("listeners[%d].routes[%d].name" % (i, j), "route name %r is already used by %s" % (
+                    label, seen[label]))
+            seen.setdefault(label, "listeners[%d].routes[%d]" % (i, j))
+            routes.append(dataclasses.replace(r, name=label))
+        out.append(dataclasses.replace(lst, routes=tuple(routes)))
+    return out
 
 
 def _upgrade_protocols(ctx, value, path):
@@ -618,10 +689,24 @@ def _upgrade_protocols(ctx, value, path):
     return tuple(v.lower() for v in value)
 
 
-def _route(ctx, value, path, pool_names):
+def _route(ctx, value, path, pool_names, listener_limits=None):
     if ctx.mapping(value, path, _ROUTE_KEYS, required=("pool",)) is None:
         return None
     ok = True
+    kw = {"limits": listener_limits or RequestLimitSpec()}
+    if "name" in value:
+        if not isinstance(value["name"], str) or not _NAME.match(value["name"]):
+            ctx.err(path + ".name", "expected a name of letters, digits, '_', '-', '.', got %r" % (value["name"],))
+        else:
+            kw["name"] = value["name"]
+    if "access" in value:
+        kw["access"] = _access(ctx, value["access"], path + ".access")
+    if "auth" in value:
+        kw["auth"] = _auth(ctx, value["auth"], path + ".auth")
+    if "rate_limits" in value:
+        kw["rate_limits"] = _rate_limits(ctx, value["rate_limits"], path + ".rate_limits", kw.get("auth"))
+    if "limits" in value:
+        kw["limits"] = _request_limits(ctx, value["limits"], path + ".limits", kw["limits"], _REQUEST_LIMIT_KEYS)
     pool = value.get("pool")
     if "pool" in value and pool not in pool_names:
         ctx.err(path + ".pool", "no pool named %r (pools: %s)" % (pool, ", ".join(sorted(pool_names)) or "none"))
@@ -640,14 +725,29 @@ def _route(ctx, value, path, pool_names):
     if not isinstance(prefix, str) or not prefix.startswith("/") or any(c <= " " or c == "\x7f" for c in prefix):
         ctx.err(path + ".path_prefix", "expected a path starting with '/', got %r" % (prefix,))
         ok = False
-    return RouteSpec(pool=pool, host=host, path_prefix=prefix) if ok else None
+    return RouteSpec(pool=pool, host=host, path_prefix=prefix, **kw) if ok else None
 
 
 def _admin(ctx, value):
-    if ctx.mapping(value, "admin", ("bind",), required=("bind",)) is None:
+    if ctx.mapping(value, "admin", ("bind", "token_file"), required=("bind",)) is None:
         return None
     bind = ctx.convert(value.get("bind"), "admin.bind", parse_address, True) if "bind" in value else None
-    return AdminSpec(bind=bind) if bind is not None else None
+    token_file = None
+    if "token_file" in value:
+        token_file = ctx.convert(value["token_file"], "admin.token_file", parse_secret_file)
+    return AdminSpec(bind=bind, token_file=token_file) if bind is not None else None
+
+
+def parse_secret_file(value):
+    """A file that must exist and be readable now (a token, a key, a key list)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a file path, got %r" % (value,))
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError("cannot read %s: %s" % (value, exc.strerror or exc)) from None
+    return value
 
 
 def _section(ctx, value, name, cls, keys, parse):
@@ -665,20 +765,12 @@ def _section(ctx, value, name, cls, keys, parse):
 
 
 def _limits(ctx, value):
+    """The top-level ``limits``: (LimitSpec for heads and pools, RequestLimitSpec defaults)."""
     if value is None:
-        return LimitSpec()
+        return LimitSpec(), RequestLimitSpec()
     if ctx.mapping(value, "limits", _LIMIT_KEYS) is None:
-        return LimitSpec()
-    kwargs = {}
-    for key in ("max_request_line", "max_header_bytes"):
-        if key in value:
-            size = ctx.convert(value[key], "limits." + key, parse_size)
-            if size is not None:
-                kwargs[key] = size
-    if "max_header_fields" in value:
-        n = ctx.integer(value["max_header_fields"], "limits.max_header_fields", 1, 10000)
-        if n is not None:
-            kwargs["max_header_fields"] = n
+        return LimitSpec(), RequestLimitSpec()
+    kwargs = _head_limits(ctx, value, "limits")
     if "max_idle_per_backend" in value:
         n = ctx.integer(value["max_idle_per_backend"], "limits.max_idle_per_backend", 0, 100000)
         if n is not None:
@@ -686,4 +778,464 @@ def _limits(ctx, value):
     limits = LimitSpec(**kwargs)
     if limits.max_request_line > limits.max_header_bytes:
         ctx.err("limits.max_request_line", "must not exceed limits.max_header_bytes (%d)" % limits.max_header_bytes)
-    return limits
+    return limits, _request_limits(ctx, value, "limits", RequestLimitSpec(), _LIMIT_KEYS)
+
+
+def _head_limits(ctx, value, path):
+    kwargs = {}
+    for key in ("max_request_line", "max_header_bytes"):
+        if key in value:
+            size = ctx.convert(value[key], "%s.%s" % (path, key), parse_size)
+            if size is not None:
+                kwargs[key] = size
+    if "max_header_fields" in value:
+        n = ctx.integer(value["max_header_fields"], path + ".max_header_fields", 1, 10000)
+        if n is not None:
+            kwargs["max_header_fields"] = n
+    return kwargs
+
+
+def _listener_limits(ctx, value, path, base, guard):
+    """A listener's ``limits``: head limits (over the global ones, kept in
+    ``guard["head_limits"]`` as a partial dict resolved by the caller), the
+    per-client connection cap, and request limits over the global ones."""
+    if ctx.mapping(value, path, _LISTENER_LIMIT_KEYS) is None:
+        return base
+    head = _head_limits(ctx, value, path)
+    if head:
+        guard["head_limits"] = head  # completed with the global LimitSpec in from_dict
+    if "max_connections_per_client" in value:
+        n = ctx.integer(value["max_connections_per_client"], path + ".max_connections_per_client", 0, 1000000)
+        if n is not None:
+            guard["max_connections_per_client"] = n
+    return _request_limits(ctx, value, path, base, _LISTENER_LIMIT_KEYS)
+
+
+def _request_limits(ctx, value, path, base, allowed):
+    """RequestLimitSpec: ``base`` with the keys of ``value`` on top."""
+    if value is not base and ctx.mapping(value, path, allowed) is None:
+        return base
+    kw = {}
+    if "max_body" in value:
+        if value["max_body"] is None or value["max_body"] is False:
+            kw["max_body"] = None
+        else:
+            ctx.put(kw, value, path, "max_body", parse_size)
+    if "methods" in value:
+        methods = value["methods"]
+        if methods is None:
+            kw["methods"] = None
+        elif not isinstance(methods, list) or not methods or not all(
+                isinstance(m, str) and _TOKEN.match(m) for m in methods):
+            ctx.err(path + ".methods", "expected a list of methods like [GET, POST], got %r" % (methods,))
+        else:
+            upper = []
+            for m in methods:
+                if m.upper() not in upper:
+                    upper.append(m.upper())
+            if "CONNECT" in upper:
+                ctx.err(path + ".methods", "CONNECT cannot be allowed: fastlb is a reverse proxy")
+            kw["methods"] = tuple(m.encode("ascii") for m in upper)
+    for key in ("reject_dot_segments", "reject_encoded_slashes"):
+        if key in value:
+            if not isinstance(value[key], bool):
+                ctx.err("%s.%s" % (path, key), "expected true or false, got %r" % (value[key],))
+            else:
+                kw[key] = value[key]
+    return dataclasses.replace(base, **kw) if kw else base
+
+
+def _networks(ctx, value, path):
+    """A list of CIDR networks (``10.0.0.0/8``, ``2001:db8::/32``; a bare address is /32 or /128)."""
+    if not isinstance(value, list):
+        ctx.err(path, "expected a list of networks like [10.0.0.0/8, \"2001:db8::/32\"], got %s" % _kind(value))
+        return ()
+    nets = []
+    for i, item in enumerate(value):
+        net = ctx.convert(item, "%s[%d]" % (path, i), parse_network)
+        if net is not None:
+            nets.append(net)
+    return tuple(nets)
+
+
+def parse_network(value):
+    if not isinstance(value, str):
+        raise ValueError("expected a network like 10.0.0.0/8 or 2001:db8::/32, got %r" % (value,))
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ValueError("%r is not a valid IPv4 or IPv6 network" % (value,)) from None
+        raise ValueError("%r has host bits set: did you mean %s?" % (value, loose)) from exc
+
+
+def _access(ctx, value, path):
+    if ctx.mapping(value, path, ("allow", "deny")) is None:
+        return None
+    allow = _networks(ctx, value["allow"], path + ".allow") if "allow" in value else ()
+    deny = _networks(ctx, value["deny"], path + ".deny") if "deny" in value else ()
+    if "allow" not in value and "deny" not in value:
+        ctx.err(path, "give allow, deny or both (lists of networks)")
+        return None
+    return AccessSpec(allow=allow, deny=deny)
+
+
+def parse_rate(value):
+    """``100/s``, ``6000/m``, ``10/h`` -> (tokens per second, count, text)."""
+    if not isinstance(value, str):
+        raise ValueError("expected a rate like 100/s, 6000/m or 10/h, got %r" % (value,))
+    m = _RATE.match(value)
+    if not m:
+        raise ValueError("expected a rate like 100/s, 6000/m or 10/h, got %r" % (value,))
+    count = float(m.group(1))
+    if count <= 0:
+        raise ValueError("the rate must be above zero, got %r" % (value,))
+    return count / _RATE_UNITS[m.group(2)], count, value.strip().replace(" ", "")
+
+
+def _rate_limits(ctx, value, path, auth):
+    if not isinstance(value, list) or not value:
+        ctx.err(path, "expected a list of policies like [{key: ip, rate: 100/s, burst: 200}], got %s" % _kind(value))
+        return ()
+    policies = []
+    labels = {}
+    for i, item in enumerate(value):
+        p = "%s[%d]" % (path, i)
+        if ctx.mapping(item, p, _RATE_LIMIT_KEYS, required=("key", "rate")) is None:
+            continue
+        key = item.get("key")
+        kind, _, name = key.partition(":") if isinstance(key, str) else ("", "", "")
+        ok = True
+        if kind not in RATE_LIMIT_KEY_KINDS or (kind in ("header", "jwt")) != bool(name) or (
+                kind == "header" and not _TOKEN.match(name)):
+            ctx.err(p + ".key", "expected ip, header:NAME, api_key, jwt:CLAIM or route, got %r" % (key,))
+            ok = False
+        elif kind == "api_key" and (auth is None or auth.kind != "api_key"):
+            ctx.err(p + ".key", "api_key keys on the authenticated API key: the route needs auth.api_key")
+            ok = False
+        elif kind == "jwt" and (auth is None or auth.kind != "jwt"):
+            ctx.err(p + ".key", "jwt:%s keys on a verified token's claim: the route needs auth.jwt" % name)
+            ok = False
+        rate = ctx.convert(item.get("rate"), p + ".rate", parse_rate) if "rate" in item else None
+        if rate is None:
+            ok = False
+        burst = None
+        if "burst" in item:
+            burst = ctx.integer(item["burst"], p + ".burst", 1, 10**9)
+            ok = ok and burst is not None
+        max_keys = 100000
+        if "max_keys" in item:
+            max_keys = ctx.integer(item["max_keys"], p + ".max_keys", 1, 10**8)
+            ok = ok and max_keys is not None
+        label = item.get("name", key)
+        if "name" in item and (not isinstance(label, str) or not _NAME.match(label)):
+            ctx.err(p + ".name", "expected a name of letters, digits, '_', '-', '.', got %r" % (label,))
+            ok = False
+        elif label in labels:
+            ctx.err(p + ".name" if "name" in item else p, "policy %r is already on this route (%s): give one of "
+                    "them a name" % (label, labels[label]))
+            ok = False
+        labels.setdefault(label, p)
+        if not ok:
+            continue
+        per_second, count, text = rate
+        if burst is None:
+            burst = max(1, int(count))
+        policies.append(RateLimitSpec(key=key, kind=kind, name=name.lower() if kind == "header" else name,
+                                      rate=per_second, burst=burst, rate_text=text, label=label,
+                                      max_keys=max_keys))
+    return tuple(policies)
+
+
+def _auth(ctx, value, path):
+    if ctx.mapping(value, path, _AUTH_KINDS) is None:
+        return None
+    kinds = [k for k in _AUTH_KINDS if k in value]
+    if len(kinds) != 1:
+        ctx.err(path, "give exactly one of api_key, jwt or basic, got %s" % (", ".join(kinds) or "none"))
+        return None
+    kind = kinds[0]
+    body = value[kind]
+    p = "%s.%s" % (path, kind)
+    spec = {"api_key": _api_key, "jwt": _jwt, "basic": _basic}[kind](ctx, body, p)
+    if spec is None:
+        return None
+    return AuthSpec(kind=kind, **{kind: spec})
+
+
+def _bool(ctx, kw, body, path, key):
+    if key in body:
+        if not isinstance(body[key], bool):
+            ctx.err("%s.%s" % (path, key), "expected true or false, got %r" % (body[key],))
+        else:
+            kw[key] = body[key]
+
+
+def _api_key(ctx, body, path):
+    if ctx.mapping(body, path, _API_KEY_KEYS) is None:
+        return None
+    kw = {}
+    _bool(ctx, kw, body, path, "forward_credential")
+    if "header" in body and "query" in body:
+        ctx.err(path, "give header or query, not both")
+        return None
+    for key in ("header", "query"):
+        if key in body:
+            v = body[key]
+            if not isinstance(v, str) or not _TOKEN.match(v):
+                ctx.err("%s.%s" % (path, key), "expected a %s name, got %r" % (
+                    "header field" if key == "header" else "query parameter", v))
+                return None
+            kw[key] = v
+    if "query" in kw:
+        kw["header"] = None
+    digests = []
+    if "keys_sha256" in body:
+        keys = body["keys_sha256"]
+        if not isinstance(keys, list):
+            ctx.err(path + ".keys_sha256", "expected a list of SHA-256 hex digests, got %s" % _kind(keys))
+        else:
+            for i, d in enumerate(keys):
+                if not isinstance(d, str) or not _HEX_DIGEST.match(d):
+                    ctx.err("%s.keys_sha256[%d]" % (path, i), "expected 64 hex digits (printf %%s KEY | sha256sum), "
+                            "got %r" % (d if not isinstance(d, str) else d[:8] + "..." if len(d) > 8 else d,))
+                else:
+                    digests.append(bytes.fromhex(d))
+    if "keys_file" in body:
+        digests.extend(_keys_file(ctx, body["keys_file"], path + ".keys_file"))
+    if not digests and not any(p.startswith(path + ".keys") for p, _ in ctx.problems):
+        ctx.err(path, "no keys: give keys_sha256 (a list of SHA-256 hex digests) or keys_file")
+    if not digests:
+        return None
+    return ApiKeySpec(digests=tuple(dict.fromkeys(digests)), **kw)
+
+
+def _read_text(ctx, value, path):
+    if not isinstance(value, str) or not value:
+        ctx.err(path, "expected a file path, got %r" % (value,))
+        return None
+    try:
+        with open(value, "r", encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        ctx.err(path, "cannot read %s: %s" % (value, getattr(exc, "strerror", None) or exc))
+        return None
+
+
+def _keys_file(ctx, value, path):
+    text = _read_text(ctx, value, path)
+    if text is None:
+        return []
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if not _HEX_DIGEST.match(line):
+            ctx.err(path, "%s line %d: expected 64 hex digits (a SHA-256 digest), not a key" % (value, n))
+            continue
+        out.append(bytes.fromhex(line))
+    if not out and not any(p == path for p, _ in ctx.problems):
+        ctx.err(path, "%s holds no key digests" % value)
+    return out
+
+
+def _duration_or_zero(value):
+    if value == 0 or value == "0" or value == "0s":
+        return 0.0
+    return parse_duration(value)
+
+
+def _jwt(ctx, body, path):
+    import json
+
+    if ctx.mapping(body, path, _JWT_KEYS, required=("algorithms",)) is None:
+        return None
+    kw = {}
+    ok = True
+    algs = body.get("algorithms")
+    if not isinstance(algs, list) or not algs:
+        ctx.err(path + ".algorithms", "expected a list like [RS256, ES256], got %r" % (algs,))
+        return None
+    for i, a in enumerate(algs):
+        if not isinstance(a, str) or a not in JWT_ALGORITHMS:
+            hint = " (unsigned tokens are never accepted)" if isinstance(a, str) and a.lower() == "none" else ""
+            ctx.err("%s.algorithms[%d]" % (path, i), "unknown algorithm %r: expected one of %s%s" % (
+                a, ", ".join(JWT_ALGORITHMS), hint))
+            ok = False
+    if not ok:
+        return None
+    kw["algorithms"] = tuple(dict.fromkeys(algs))
+    sources = [k for k in ("jwks_file", "jwks_url") if k in body]
+    if len(sources) > 1:
+        ctx.err(path, "give jwks_file or jwks_url, not both")
+        return None
+    asym = [a for a in kw["algorithms"] if a != "HS256"]
+    if asym and not sources:
+        ctx.err(path, "%s need public keys: give jwks_file or jwks_url" % ", ".join(asym))
+        ok = False
+    if sources and not asym:
+        ctx.err(path + "." + sources[0], "only HS256 is allowed: a JWKS is not used (add RS256 or ES256)")
+        ok = False
+    if "HS256" in kw["algorithms"] and "secret_file" not in body:
+        ctx.err(path, "HS256 needs secret_file (the shared secret)")
+        ok = False
+    if "secret_file" in body and "HS256" not in kw["algorithms"]:
+        ctx.err(path + ".secret_file", "HS256 is not in algorithms: the secret is not used")
+        ok = False
+    if "jwks_file" in body:
+        text = _read_text(ctx, body["jwks_file"], path + ".jwks_file")
+        if text is None:
+            ok = False
+        else:
+            try:
+                doc = json.loads(text)
+            except ValueError as exc:
+                ctx.err(path + ".jwks_file", "%s is not JSON: %s" % (body["jwks_file"], exc))
+                ok = False
+            else:
+                if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list) or not doc["keys"] or not all(
+                        isinstance(k, dict) and isinstance(k.get("kty"), str) for k in doc["keys"]):
+                    ctx.err(path + ".jwks_file", '%s is not a JWKS: expected {"keys": [{"kty": ...}, ...]}'
+                            % body["jwks_file"])
+                    ok = False
+                else:
+                    kw["jwks_file"] = body["jwks_file"]
+    if "jwks_url" in body:
+        url = body["jwks_url"]
+        if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+(/\S*)?$", url):
+            ctx.err(path + ".jwks_url", "expected an http:// or https:// URL, got %r" % (url,))
+            ok = False
+        else:
+            kw["jwks_url"] = url
+    if "secret_file" in body:
+        text = _read_text(ctx, body["secret_file"], path + ".secret_file")
+        if text is None:
+            ok = False
+        elif not text.strip():
+            ctx.err(path + ".secret_file", "%s is empty" % body["secret_file"])
+            ok = False
+        else:
+            kw["secret_file"] = body["secret_file"]
+    if "issuer" in body:
+        if not isinstance(body["issuer"], str) or not body["issuer"]:
+            ctx.err(path + ".issuer", "expected a string, got %r" % (body["issuer"],))
+            ok = False
+        else:
+            kw["issuer"] = body["issuer"]
+    if "audience" in body:
+        aud = body["audience"]
+        aud = [aud] if isinstance(aud, str) else aud
+        if not isinstance(aud, list) or not aud or not all(isinstance(a, str) and a for a in aud):
+            ctx.err(path + ".audience", "expected a string or a list of strings, got %r" % (body["audience"],))
+            ok = False
+        else:
+            kw["audience"] = tuple(aud)
+    if "leeway" in body:
+        v = ctx.convert(body["leeway"], path + ".leeway", _duration_or_zero)
+        if v is None:
+            ok = False
+        else:
+            kw["leeway"] = v
+    if "jwks_refresh" in body:
+        v = ctx.convert(body["jwks_refresh"], path + ".jwks_refresh", parse_duration)
+        if v is None:
+            ok = False
+        else:
+            kw["jwks_refresh"] = v
+    if "forward_claims" in body:
+        fc = body["forward_claims"]
+        if not isinstance(fc, dict) or not fc:
+            ctx.err(path + ".forward_claims", "expected a mapping of claim: header, like {sub: X-User-Id}, got %r"
+                    % (fc,))
+            ok = False
+        else:
+            pairs = []
+            for claim, header in fc.items():
+                if not isinstance(claim, str) or not isinstance(header, str) or not _TOKEN.match(header):
+                    ctx.err("%s.forward_claims.%s" % (path, claim), "expected a header name, got %r" % (header,))
+                    ok = False
+                elif header.lower() in ("host", "content-length", "transfer-encoding", "connection",
+                                        "authorization", "x-request-id"):
+                    ctx.err("%s.forward_claims.%s" % (path, claim), "%s cannot carry a claim" % header)
+                    ok = False
+                else:
+                    pairs.append((claim, header))
+            kw["forward_claims"] = tuple(pairs)
+    if "required_claims" in body:
+        rc = body["required_claims"]
+        if not isinstance(rc, dict) or not rc:
+            ctx.err(path + ".required_claims", "expected a mapping of claim: [allowed values], got %r" % (rc,))
+            ok = False
+        else:
+            pairs = []
+            for claim, allowed in rc.items():
+                allowed = [allowed] if isinstance(allowed, (str, int)) and not isinstance(allowed, bool) else allowed
+                if not isinstance(allowed, list) or not allowed or not all(
+                        isinstance(a, (str, int)) and not isinstance(a, bool) for a in allowed):
+                    ctx.err("%s.required_claims.%s" % (path, claim), "expected a value or a list of values, got %r"
+                            % (rc[claim],))
+                    ok = False
+                else:
+                    pairs.append((str(claim), tuple(str(a) for a in allowed)))
+            kw["required_claims"] = tuple(pairs)
+    _bool(ctx, kw, body, path, "forward_credential")
+    return JwtSpec(**kw) if ok else None
+
+
+_BCRYPT = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+
+
+def _basic(ctx, body, path):
+    if ctx.mapping(body, path, _BASIC_KEYS, required=("htpasswd",)) is None:
+        return None
+    kw = {}
+    ok = True
+    if "htpasswd" in body:
+        text = _read_text(ctx, body["htpasswd"], path + ".htpasswd")
+        if text is None:
+            return None
+        users = 0
+        bad = 0
+        for n, line in enumerate(text.splitlines(), 1):
+            if bad >= 3:
+                ctx.err(path + ".htpasswd", "%s: more bad lines not shown" % body["htpasswd"])
+                break
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            user, sep, hashed = line.strip().partition(":")
+            if not sep or not user:
+                ctx.err(path + ".htpasswd", "%s line %d: expected user:hash" % (body["htpasswd"], n))
+                ok = False
+                bad += 1
+            elif not _BCRYPT.match(hashed):
+                ctx.err(path + ".htpasswd", "%s line %d: user %r: only bcrypt entries ($2y$...) are accepted "
+                        "(htpasswd -B)" % (body["htpasswd"], n, user))
+                ok = False
+                bad += 1
+            else:
+                users += 1
+        if ok and not users:
+            ctx.err(path + ".htpasswd", "%s has no users" % body["htpasswd"])
+            ok = False
+        kw["htpasswd"] = body["htpasswd"]
+    if "realm" in body:
+        realm = body["realm"]
+        if not isinstance(realm, str) or not realm or any(c in realm for c in '"\\') or any(
+                ord(c) < 32 or ord(c) == 127 for c in realm):
+            ctx.err(path + ".realm", "expected a name without quotes, backslashes or control characters, got %r"
+                    % (realm,))
+            ok = False
+        else:
+            kw["realm"] = realm
+    if "users" in body:
+        users = body["users"]
+        if not isinstance(users, list) or not users or not all(isinstance(u, str) and u for u in users):
+            ctx.err(path + ".users", "expected a list of user names, got %r" % (users,))
+            ok = False
+        else:
+            kw["users"] = tuple(users)
+    _bool(ctx, kw, body, path, "forward_credential")
+    return BasicSpec(**kw) if ok else None

@@ -110,10 +110,92 @@ class PoolSpec:
 
 
 @dataclass(frozen=True)
+class ApiKeySpec:
+    """API keys, held only as SHA-256 digests (docs/security.md#api-keys)."""
+
+    digests: tuple  # 32-byte SHA-256 digests of the accepted keys
+    header: str = "X-API-Key"  # where the key is sent; None when ``query`` is used
+    query: str = None  # or this query parameter
+    forward_credential: bool = False  # forward the key to the backend (default: removed)
+
+
+@dataclass(frozen=True)
+class JwtSpec:
+    """Bearer JWTs (docs/security.md#jwt); one key source: jwks_file, jwks_url or secret_file."""
+
+    algorithms: tuple  # of "HS256", "RS256", "ES256"
+    jwks_file: str = None
+    jwks_url: str = None
+    secret_file: str = None  # HS256 shared secret
+    issuer: str = None  # required "iss" (None: not checked)
+    audience: tuple = None  # "aud" must contain one of these (None: not checked)
+    leeway: float = 0.0  # seconds of clock skew allowed on exp / nbf
+    forward_claims: tuple = ()  # ((claim, header name), ...): claims sent to the backend as headers
+    required_claims: tuple = ()  # ((claim, (allowed values...)), ...): else 403
+    jwks_refresh: float = 300.0  # seconds between refetches of jwks_url
+    forward_credential: bool = False  # forward Authorization to the backend
+
+
+@dataclass(frozen=True)
+class BasicSpec:
+    """HTTP Basic against an htpasswd file of bcrypt entries (docs/security.md#basic)."""
+
+    htpasswd: str  # path
+    realm: str = "fastlb"
+    users: tuple = None  # users allowed on this route (None: everyone in the file); others 403
+    forward_credential: bool = False
+
+
+@dataclass(frozen=True)
+class AuthSpec:
+    kind: str  # "api_key" | "jwt" | "basic"
+    api_key: ApiKeySpec = None
+    jwt: JwtSpec = None
+    basic: BasicSpec = None
+
+
+@dataclass(frozen=True)
+class RateLimitSpec:
+    """One token-bucket policy (docs/security.md#rate-limiting)."""
+
+    key: str  # "ip" | "header:NAME" | "api_key" | "jwt:CLAIM" | "route", as written
+    kind: str  # "ip" | "header" | "api_key" | "jwt" | "route"
+    name: str  # header name (lowercase) or claim; "" otherwise
+    rate: float  # tokens per second
+    burst: int
+    rate_text: str  # as written ("100/s"), for the docs and logs
+    label: str = None  # the policy label of fastlb_ratelimit_rejected_total: ``name``, else ``key``
+    max_keys: int = 100000  # distinct keys held per policy (LRU beyond; docs/rate-limiting.md)
+
+
+@dataclass(frozen=True)
+class AccessSpec:
+    """CIDR allow/deny (docs/security.md#access-control); deny wins; empty allow = everyone."""
+
+    allow: tuple = ()  # of ipaddress networks
+    deny: tuple = ()
+
+
+@dataclass(frozen=True)
+class RequestLimitSpec:
+    """Per-request limits, set globally (``limits``), per listener and per route."""
+
+    max_body: int = None  # bytes; larger -> 413 (None: no limit)
+    methods: tuple = None  # allowed methods (bytes, uppercase); others -> 405 with Allow
+    reject_dot_segments: bool = False  # a "." or ".." path segment (also %2e-encoded) -> 400
+    reject_encoded_slashes: bool = False  # %2F or %5C in the path -> 400
+
+
+@dataclass(frozen=True)
 class RouteSpec:
     pool: str
     host: str = None  # lowercase host without port; None matches any host
     path_prefix: str = "/"
+    access: AccessSpec = None
+    rate_limits: tuple = ()  # of RateLimitSpec; all must pass
+    auth: AuthSpec = None
+    limits: RequestLimitSpec = None  # the listener's, with this route's keys on top
+    name: str = None  # the route's label (metrics, access log); config.py fills it in
 
 
 @dataclass(frozen=True)
@@ -124,11 +206,17 @@ class ListenerSpec:
     # Upgrade protocols clients may switch to (lowercase); an Upgrade offering none
     # of them is forwarded as a plain request without Upgrade (h2c smuggling).
     upgrade_protocols: tuple = ("websocket",)
+    trusted_proxies: tuple = ()  # ipaddress networks whose X-Forwarded-For / Forwarded are believed
+    proxy_protocol: bool = False  # every connection starts with a PROXY protocol v1/v2 header
+    limits: RequestLimitSpec = None  # the global limits with this listener's keys on top
+    head_limits: "LimitSpec" = None  # max_request_line / header bytes / fields here (None: global)
+    max_connections_per_client: int = 0  # open connections per client address; 0 = no cap
 
 
 @dataclass(frozen=True)
 class AdminSpec:
     bind: Address
+    token_file: str = None  # bearer token for writes (else FASTLB_ADMIN_TOKEN; docs/security.md)
 
 
 @dataclass(frozen=True)
@@ -183,6 +271,7 @@ class Config:
     timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
     limits: LimitSpec = field(default_factory=LimitSpec)
     observability: ObservabilitySpec = field(default_factory=ObservabilitySpec)
+    request_limits: RequestLimitSpec = field(default_factory=RequestLimitSpec)  # the global ``limits`` part
 
     def pool(self, name):
         for p in self.pools:
