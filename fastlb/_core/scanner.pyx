@@ -111,6 +111,15 @@ cdef enum:
     K_HTTP2_SETTINGS = 14
     K_TRACEPARENT = 15
     K_TRACESTATE = 16
+    K_FORWARDED = 17
+    K_X_REAL_IP = 18
+    K_XF_OTHER = 19   # any other X-Forwarded-* (Host, Port, Prefix, Server, ...)
+
+# Fields that carry a client's identity as a proxy saw it: from a peer that is not a
+# trusted proxy they are removed, never forwarded as sent (X-Forwarded-For is rebuilt).
+cdef enum:
+    IDENTITY_MASK = ((1 << K_XFF) | (1 << K_XFP) | (1 << K_FORWARDED) | (1 << K_X_REAL_IP)
+                     | (1 << K_XF_OTHER))
 
 # Hop-by-hop fields never forwarded (RFC 9110 §7.6.1; RFC 9112 §6.1, §7.4), as a bit set.
 cdef enum:
@@ -198,6 +207,13 @@ cdef inline int _classify(const unsigned char *s, Py_ssize_t n) noexcept nogil:
     elif n == 15:
         if c0 == b'x' and _ieq(s, b"x-forwarded-for", 15):
             return K_XFF
+    elif n == 9:
+        if c0 == b'f' and _ieq(s, b"forwarded", 9):
+            return K_FORWARDED
+        if c0 == b'x' and _ieq(s, b"x-real-ip", 9):
+            return K_X_REAL_IP
+    if n > 12 and c0 == b'x' and _ieq(s, b"x-forwarded-", 12):
+        return K_XF_OTHER
     return K_OTHER
 
 
@@ -820,6 +836,25 @@ cdef Py_ssize_t _mark_kept(Head *h, const unsigned char *p, int drop, int protec
     return size
 
 
+cdef Py_ssize_t _unkeep_named(Head *h, const unsigned char *p, tuple names) except -1:
+    """Clear Field.keep of kept ordinary (or X-Forwarded-*) fields whose name is in ``names`` (lowercase
+    bytes); return the bytes their lines would have taken."""
+    cdef Py_ssize_t k, n, size = 0
+    cdef Field *f
+    cdef bytes name
+    for k in range(h.nfields):
+        f = &h.fields[k]
+        if not f.keep or (f.kind != K_OTHER and f.kind != K_XF_OTHER):
+            continue
+        n = f.name1 - f.name0
+        for name in names:
+            if PyBytes_GET_SIZE(name) == n and _ieq2(p + f.name0, <const unsigned char *>PyBytes_AS_STRING(name), n):
+                f.keep = False
+                size += n + (f.value1 - f.value0) + 4
+                break
+    return size
+
+
 cdef inline char *_put(char *o, const void *src, Py_ssize_t n) noexcept nogil:
     memcpy(o, src, <size_t>n)
     return o + n
@@ -1061,10 +1096,15 @@ cdef class RequestScanner(_HeadScanner):
             self.traceparent = PyBytes_FromStringAndSize(<const char *>p + h.tp0, h.tp1 - h.tp0)
         return 0
 
-    def build_upstream_head(self, buf, client_ip, extra, bint keep_upgrade, bint drop_trace=False):
-        """The head to send upstream: hop-by-hop removed, X-Forwarded-For merged;
+    def build_upstream_head(self, buf, client_ip, extra, bint keep_upgrade, bint drop_trace=False,
+                            bint trusted=False, tuple drop_names=None):
+        """The head to send upstream: hop-by-hop removed, X-Forwarded-For rebuilt;
         ``drop_trace``: traceparent and tracestate removed too (an invalid one is
-        replaced, never forwarded)."""
+        replaced, never forwarded). From a peer that is not ``trusted``, every
+        identity field (X-Forwarded-*, Forwarded, X-Real-IP) is removed and
+        X-Forwarded-For is ``client_ip`` alone; from a trusted one they are kept and
+        ``client_ip`` is appended to its X-Forwarded-For. ``drop_names``: lowercase
+        names of other fields to remove (credentials, headers fastlb sets itself)."""
         cdef Head *h = &self.h
         cdef Py_buffer view
         cdef const unsigned char *p = NULL
@@ -1082,7 +1122,7 @@ cdef class RequestScanner(_HeadScanner):
         extra_b = extra if PyBytes_CheckExact(extra) else bytes(extra)
         ip_len = PyBytes_GET_SIZE(ip_b)
         extra_len = PyBytes_GET_SIZE(extra_b)
-        drop = HOP_MASK | (1 << K_XFF) | (1 << K_XFP)
+        drop = HOP_MASK | ((1 << K_XFF) if trusted else IDENTITY_MASK)
         if drop_trace:
             drop |= (1 << K_TRACEPARENT) | (1 << K_TRACESTATE)
         protected = REQUEST_PROTECTED
@@ -1097,8 +1137,10 @@ cdef class RequestScanner(_HeadScanner):
             # pass 1: sizes
             total = (h.m1 - h.m0) + 1 + (h.t1 - h.t0) + 11  # "M T HTTP/1.1\r\n"
             total += _mark_kept(h, p, drop, protected)
+            if drop_names:
+                total -= _unkeep_named(h, p, drop_names)
             if ip_len:
-                for k in range(h.nfields):
+                for k in range(h.nfields if trusted else 0):
                     f = &h.fields[k]
                     if f.kind == K_XFF and f.value1 > f.value0:
                         nxff += 1
@@ -1115,7 +1157,7 @@ cdef class RequestScanner(_HeadScanner):
             o = _put_kept(h, p, o)
             if ip_len:
                 o = _put(o, b"X-Forwarded-For: ", 17)
-                for k in range(h.nfields):
+                for k in range(h.nfields if trusted else 0):
                     f = &h.fields[k]
                     if f.kind == K_XFF and f.value1 > f.value0:
                         o = _put(o, p + f.value0, f.value1 - f.value0)

@@ -86,6 +86,9 @@ K_XFP = 13
 K_HTTP2_SETTINGS = 14
 K_TRACEPARENT = 15
 K_TRACESTATE = 16
+K_FORWARDED = 17
+K_X_REAL_IP = 18
+K_XF_OTHER = 19  # any other X-Forwarded-* (Host, Port, Prefix, Server, ...)
 
 _KINDS = {
     b"host": K_HOST,
@@ -104,7 +107,13 @@ _KINDS = {
     b"http2-settings": K_HTTP2_SETTINGS,
     b"traceparent": K_TRACEPARENT,
     b"tracestate": K_TRACESTATE,
+    b"forwarded": K_FORWARDED,
+    b"x-real-ip": K_X_REAL_IP,
 }
+
+# Fields that carry a client's identity as a proxy saw it: from a peer that is not a
+# trusted proxy they are removed, never forwarded as sent (X-Forwarded-For is rebuilt).
+_IDENTITY = frozenset((K_XFF, K_XFP, K_FORWARDED, K_X_REAL_IP, K_XF_OTHER))
 
 # Hop-by-hop fields never forwarded (RFC 9110 §7.6.1: Connection and the fields it
 # names; Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade are the
@@ -349,7 +358,10 @@ class _HeadScanner:
         vend = ce
         while vend > vstart and buf[vend - 1] in _OWS:
             vend -= 1
-        kind = _KINDS.get(_lower(buf, pos, name_end), K_OTHER)
+        lname = _lower(buf, pos, name_end)
+        kind = _KINDS.get(lname, K_OTHER)
+        if kind == K_OTHER and len(lname) > 12 and lname.startswith(b"x-forwarded-"):
+            kind = K_XF_OTHER
         self._names.append((pos, name_end))
         self._values.append((vstart, vend))
         self._kinds.append(kind)
@@ -449,7 +461,7 @@ class _HeadScanner:
                     return True
         return False
 
-    def _kept_fields(self, buf, drop, protected, out):
+    def _kept_fields(self, buf, drop, protected, out, drop_names=None):
         """Append the forwarded field lines; return the X-Forwarded-For values seen."""
         xff = []
         for kind, (n0, n1), (v0, v1) in zip(self._kinds, self._names, self._values):
@@ -458,6 +470,8 @@ class _HeadScanner:
                     xff.append(bytes(buf[v0:v1]))
                 continue
             if kind in drop:
+                continue
+            if drop_names and (kind == K_OTHER or kind == K_XF_OTHER) and _lower(buf, n0, n1) in drop_names:
                 continue
             if (
                 self._conn_other
@@ -679,14 +693,22 @@ class RequestScanner(_HeadScanner):
             self.traceparent = bytes(buf[p0:p1])
         self.header_count = len(self._names)
 
-    def build_upstream_head(self, buf, client_ip, extra, keep_upgrade, drop_trace=False):
-        """The head to send upstream: hop-by-hop removed, X-Forwarded-For merged;
+    def build_upstream_head(self, buf, client_ip, extra, keep_upgrade, drop_trace=False, trusted=False,
+                            drop_names=None):
+        """The head to send upstream: hop-by-hop removed, X-Forwarded-For rebuilt;
         ``drop_trace``: traceparent and tracestate removed too (an invalid one is
-        replaced, never forwarded)."""
+        replaced, never forwarded). From a peer that is not ``trusted``, every
+        identity field (X-Forwarded-*, Forwarded, X-Real-IP) is removed and
+        X-Forwarded-For is ``client_ip`` alone; from a trusted one they are kept and
+        ``client_ip`` is appended to its X-Forwarded-For. ``drop_names``: lowercase
+        names of other fields to remove (credentials, headers fastlb sets itself)."""
         buf = self._require_head(buf)
+        if drop_names is not None and not isinstance(drop_names, tuple):
+            raise TypeError("drop_names must be a tuple of bytes or None")
         drop = set(_HOP)
         drop.add(K_XFF)
-        drop.add(K_XFP)
+        if not trusted:
+            drop |= _IDENTITY
         if drop_trace:
             drop.add(K_TRACEPARENT)
             drop.add(K_TRACESTATE)
@@ -700,7 +722,9 @@ class RequestScanner(_HeadScanner):
         out += b" "
         out += self.target
         out += b" HTTP/1.1\r\n"
-        xff = self._kept_fields(buf, drop, protected, out)
+        xff = self._kept_fields(buf, drop, protected, out, drop_names)
+        if not trusted:
+            xff = []
         if client_ip:
             xff.append(bytes(client_ip))
             out += b"X-Forwarded-For: "

@@ -42,7 +42,7 @@ What every case asserts:
   request exactly as the backend must see it (method, target, decoded body, and
   headers modulo the rewriting fastlb documents, ``upstream_view``: hop-by-hop fields
   and the fields Connection names dropped except Host/Content-Length/X-Request-ID,
-  values OWS-trimmed, X-Forwarded-For merged, X-Forwarded-Proto, X-Request-ID,
+  values OWS-trimmed, X-Forwarded-For replaced by the client address and the other identity fields (X-Forwarded-*, Forwarded, X-Real-IP) removed, X-Forwarded-Proto, X-Request-ID,
   Transfer-Encoding: chunked, a websocket Upgrade and, for HTTP/1.0, Host added), each
   CONNECT answered 405; then at most one more thing: fastlb's own error
   (400/414/417/431/501/505) or a close. The outcome is ``forward`` (every model
@@ -554,6 +554,8 @@ def add_host(payload):
 
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
                         b"http2-settings", b"upgrade", b"x-forwarded-for", b"x-forwarded-proto"))
+# identity fields from a client that is not a trusted proxy: removed (docs/security.md)
+IDENTITY = frozenset((b"forwarded", b"x-real-ip"))
 NOT_DROPPABLE = frozenset((b"host", b"content-length", b"x-request-id"))
 UPGRADE_PROTOCOLS = (b"websocket",)  # listeners[i].upgrade_protocols default
 
@@ -574,12 +576,12 @@ def upstream_view(m, pool_host):
     for name, value in m.headers:
         value = value.strip(b" \t")
         lname = name.lower()
-        if lname == b"x-forwarded-for":
-            if value:
-                xff.append(value)
+        if lname == b"x-forwarded-for" or lname in IDENTITY or (
+                lname.startswith(b"x-forwarded-") and len(lname) > 12):
+            continue  # the test client is not a trusted proxy: never forwarded as sent
         elif lname not in drop:
             headers.append((name, value))
-    headers.append((b"X-Forwarded-For", b", ".join(xff + [CLIENT_IP])))
+    headers.append((b"X-Forwarded-For", CLIENT_IP))
     headers.append((b"X-Forwarded-Proto", b"http"))
     if not m.header(b"x-request-id"):
         headers.append((b"X-Request-ID", ANY_RID))

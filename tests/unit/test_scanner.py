@@ -701,16 +701,52 @@ def test_build_upstream_head_protects_host_length_and_request_id(mod):
     )
 
 
-def test_build_upstream_head_merges_x_forwarded_for(mod):
+def test_build_upstream_head_merges_x_forwarded_for_from_a_trusted_peer(mod):
     raw = (
         b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nHost: api\r\nx-forwarded-for:  2.2.2.2, 3.3.3.3 \r\n"
         b"X-Forwarded-For:\r\n\r\n"
     )
-    assert _build(mod, raw, client_ip=b"4.4.4.4") == (
+    sc = mod.RequestScanner()
+    assert sc.scan(raw) == len(raw)
+    assert sc.build_upstream_head(raw, b"4.4.4.4", b"", False, False, True) == (
         b"GET / HTTP/1.1\r\nHost: api\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 4.4.4.4\r\n\r\n"
     )
+    # from a peer that is not trusted, the client's values are replaced by its address
+    assert _build(mod, raw, client_ip=b"4.4.4.4") == b"GET / HTTP/1.1\r\nHost: api\r\nX-Forwarded-For: 4.4.4.4\r\n\r\n"
     # without a client address the line is omitted, and client-sent values are not trusted
     assert _build(mod, raw, client_ip=b"") == b"GET / HTTP/1.1\r\nHost: api\r\n\r\n"
+
+
+IDENTITY_RAW = (
+    b"GET / HTTP/1.1\r\nHost: api\r\nForwarded: for=1.1.1.1\r\nX-Real-IP: 9.9.9.9\r\n"
+    b"X-Forwarded-Host: evil\r\nx-forwarded-proto: https\r\nX-FORWARDED-PORT: 1\r\nX-Forwarded-: 2\r\n"
+    b"Authorization: Bearer t\r\nX-User-Id: root\r\nX-Other: y\r\n\r\n"
+)
+
+
+def test_identity_fields_from_an_untrusted_peer_are_removed(mod):
+    assert _build(mod, IDENTITY_RAW, client_ip=b"10.0.0.1") == (
+        b"GET / HTTP/1.1\r\nHost: api\r\nX-Forwarded-: 2\r\nAuthorization: Bearer t\r\nX-User-Id: root\r\n"
+        b"X-Other: y\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
+    )
+
+
+def test_identity_fields_from_a_trusted_peer_are_kept(mod):
+    sc = mod.RequestScanner()
+    assert sc.scan(IDENTITY_RAW) == len(IDENTITY_RAW)
+    out = sc.build_upstream_head(IDENTITY_RAW, b"10.0.0.1", b"", False, False, True)
+    assert out == IDENTITY_RAW[:-2] + b"X-Forwarded-For: 10.0.0.1\r\n\r\n"
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_drop_names_remove_credentials_and_claim_headers(mod, trusted):
+    sc = mod.RequestScanner()
+    assert sc.scan(IDENTITY_RAW) == len(IDENTITY_RAW)
+    out = sc.build_upstream_head(IDENTITY_RAW, b"10.0.0.1", b"", False, False, trusted,
+                                 (b"authorization", b"x-user-id", b"x-forwarded-host", b"host"))
+    assert b"Authorization" not in out and b"X-User-Id" not in out and b"X-Forwarded-Host" not in out
+    assert b"Host: api\r\n" in out  # only ordinary fields (and X-Forwarded-*) are removed by name
+    assert b"X-Other: y\r\n" in out
 
 
 def test_build_upstream_head_keep_upgrade(mod):
