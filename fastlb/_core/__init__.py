@@ -19,7 +19,7 @@ import os
 
 from ._scanerror import ScanError
 
-KERNELS = ("scanner", "selectors", "hashing", "logline")
+KERNELS = ("scanner", "selectors", "hashing", "logline", "ratelimit")
 
 IMPLEMENTATION = "python"
 FALLBACK_REASON = None
@@ -43,6 +43,7 @@ else:
         )
         from .hashing import KetamaRing, Maglev, is_prime, key_hash, md5
         from .logline import json_chars, json_lines
+        from .ratelimit import TokenBuckets
 
         IMPLEMENTATION = "cython"
     except ImportError as exc:  # not built (source checkout, pure wheel)
@@ -60,6 +61,7 @@ if IMPLEMENTATION == "python":
     )
     from .hashing_py import KetamaRing, Maglev, is_prime, key_hash, md5
     from .logline_py import json_chars, json_lines
+    from .ratelimit_py import TokenBuckets
 
 __all__ = [
     "IMPLEMENTATION",
@@ -83,4 +85,5 @@ __all__ = [
     "json_lines",
     "json_chars",
     "is_prime",
+    "TokenBuckets",
 ]

@@ -26,6 +26,14 @@ def test_compiled_core_is_loaded():
         assert not getattr(sys.modules[cls.__module__], "__file__", "").endswith(".py"), name
 
 
+
+@pytest.mark.skipif(bool(os.environ.get("FASTLB_NO_EXTENSIONS")), reason="pure-Python run requested")
+def test_compiled_ratelimit_is_loaded():
+    assert "ratelimit" in _core.KERNELS
+    cls = _core.TokenBuckets
+    assert cls.__module__ == "fastlb._core.ratelimit"
+    assert not getattr(sys.modules[cls.__module__], "__file__", "").endswith(".py")
+
 def _run(env_extra):
     env = dict(os.environ)
     env.pop("FASTLB_REQUIRE_EXTENSIONS", None)
