@@ -16,25 +16,114 @@ Endpoints (docs/operations.md):
     POST /api/v1/pools/{pool}/backends/{address}/undrain   back (through a passing check when checks are on)
     POST /api/v1/pools/{pool}/backends/{address}/weight    body {"weight": N}: change its weight (1-1000)
 
-Bind it to loopback or a management network: it has no authentication yet.
+Writes and reads (docs/operations.md#securing-the-admin-api). A write is any method other
+than GET and HEAD (today the POST endpoints above); it is checked before it is routed:
+- With a token (``admin.token_file``, else the ``FASTLB_ADMIN_TOKEN`` environment variable;
+  ``admin_token``, read once when the AdminServer is built): a write needs
+  ``Authorization: Bearer <token>`` (RFC 6750 §2.1), compared in constant time; without it, or
+  with a wrong one, 401 with ``WWW-Authenticate: Bearer realm="fastlb-admin"`` (RFC 6750 §3).
+- Without a token: only a loopback admin bind is allowed (``check_bind``: a non-loopback bind
+  with no token is a ConfigError at start, before anything is served), and a write needs
+  ``Content-Type: application/json``, else 415. A cross-site HTML form can only send
+  ``application/x-www-form-urlencoded``, ``multipart/form-data`` or ``text/plain`` and cannot
+  set ``Authorization``; a cross-site ``fetch`` with a JSON content type needs a CORS preflight,
+  which this server never grants (it sends no Access-Control-* headers). So a page in the
+  operator's browser cannot make a write.
+Reads (GET/HEAD: /healthz, /metrics, /dashboard, /api/v1/...) need no token, so Prometheus
+scrapes without one: bind the admin listener to loopback or a management network.
 """
 
 import asyncio
+import hmac
 import importlib.resources
+import ipaddress
 import json
 import logging
+import os
 import urllib.parse
 
 import h11
 
 from . import _core, health
 from ._version import __version__
+from .errors import ConfigError
+from .model import Address
 
 log = logging.getLogger("fastlb.admin")
 
-__all__ = ["AdminServer"]
+__all__ = ["AdminServer", "admin_token", "check_bind", "is_loopback", "TOKEN_ENV"]
 
 MAX_BODY = 64 * 1024
+
+TOKEN_ENV = "FASTLB_ADMIN_TOKEN"
+REALM = 'Bearer realm="fastlb-admin"'
+# Methods that only read (RFC 9110 §9.2.1 safe methods this server answers); any other is a write.
+READ_METHODS = frozenset((b"GET", b"HEAD"))
+
+
+def admin_token(spec, environ=None):
+    """The admin API's bearer token as bytes, or None when none is configured.
+
+    ``spec.token_file`` (an ``AdminSpec``) wins: the file's contents with surrounding
+    whitespace stripped (so ``openssl rand -hex 32 > FILE`` and its newline work); an empty
+    file is an error. Else ``environ[TOKEN_ENV]`` (``os.environ`` by default), stripped;
+    unset or blank means no token. A token must be visible ASCII without spaces (RFC 6750
+    §2.1's b64token is a subset), since it travels in a header. Errors are ConfigErrors
+    naming where the token came from.
+    """
+    if environ is None:
+        environ = os.environ
+    path = getattr(spec, "token_file", None)
+    if path:
+        try:
+            with open(path, "rb") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(("admin.token_file", "cannot read %s: %s" % (path, exc.strerror or exc))) from None
+        if not token:
+            raise ConfigError(("admin.token_file", "%s is empty: write a token to it, e.g. "
+                                                    "openssl rand -hex 32 > %s" % (path, path)))
+        where = "admin.token_file"
+    else:
+        value = environ.get(TOKEN_ENV, "")
+        token = value.strip().encode("utf-8", "surrogateescape")
+        if not token:
+            if value:
+                log.warning("%s is set but blank: the admin API has no token", TOKEN_ENV)
+            return None
+        where = TOKEN_ENV
+    if any(c < 0x21 or c > 0x7E for c in token):
+        raise ConfigError((where, "the admin token must be printable ASCII without spaces or control "
+                                  "characters (e.g. openssl rand -hex 32)"))
+    return token
+
+
+def is_loopback(host):
+    """True for "localhost" and for addresses in 127.0.0.0/8 or ::1 (names are not resolved)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(value):
+    """The host of a Host header value, without port or IPv6 brackets."""
+    text = value.decode("latin-1").strip()
+    if text.startswith("["):
+        return text[1:text.find("]")] if "]" in text else ""
+    return text.rpartition(":")[0] if text.count(":") == 1 else text
+
+
+def check_bind(bind, token):
+    """Refuse an admin API that anyone off the machine could write to: with no token, the
+    bind (a model.Address) must be a loopback address. A ConfigError on ``admin.bind`` otherwise."""
+    if token is None and not is_loopback(bind.host):
+        raise ConfigError(("admin.bind", (
+            "%s is not a loopback address and no admin token is set, so anyone who can reach it could "
+            "change backends: set admin.token_file (or the %s environment variable) to require a bearer "
+            "token for writes, or bind the admin API to 127.0.0.1") % (bind, TOKEN_ENV)))
 
 
 class Raw:
@@ -53,8 +142,19 @@ def dashboard_page():
 
 
 class AdminServer:
-    def __init__(self, server):
+    """The admin listener for ``server`` (a server.Server). Built before it serves: the token
+    is read here, once, and an open non-loopback bind raises ConfigError (``check_bind``)."""
+
+    def __init__(self, server, environ=None):
         self.server = server
+        spec = server.config.admin
+        self.token = admin_token(spec, environ)
+        check_bind(spec.bind, self.token)
+        if self.token is not None:
+            log.info("admin API: writes need the bearer token (from %s)",
+                     "admin.token_file" if spec.token_file else TOKEN_ENV)
+        else:
+            log.info("admin API: no token set; writes accepted on loopback with Content-Type: application/json")
         self.accept = ""
         self._srv = None
         self.address = None
@@ -62,6 +162,7 @@ class AdminServer:
         self._page = None
 
     async def start(self, host, port):
+        check_bind(Address(host, port), self.token)  # the address actually bound, should it differ
         self._srv = await asyncio.start_server(self._handle, host, port, reuse_address=True)
         sock = self._srv.sockets[0].getsockname()
         self.address = "[%s]:%d" % sock[:2] if ":" in sock[0] else "%s:%d" % sock[:2]
@@ -79,12 +180,19 @@ class AdminServer:
                 if request is None:
                     break
                 self.accept = dict(request.headers).get(b"accept", b"").decode("latin-1")
-                status, payload = self._answer(request.method.decode("latin-1"), request.target.decode("latin-1"), body)
+                extra = ()
+                refused = None if request.method in READ_METHODS else self.authorize_write(request, writer)
+                if refused is not None:
+                    status, payload, extra = refused
+                else:
+                    status, payload = self._answer(request.method.decode("latin-1"),
+                                                   request.target.decode("latin-1"), body)
                 if isinstance(payload, Raw):
                     data, ctype = payload.body, payload.content_type
                 else:
                     data, ctype = json.dumps(payload, indent=2).encode() + b"\n", "application/json"
                 headers = [("Content-Type", ctype), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")]
+                headers.extend(extra)
                 if request.method == b"HEAD":
                     data = b""
                 writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
@@ -117,6 +225,41 @@ class AdminServer:
                 return request, body
             elif isinstance(event, h11.ConnectionClosed):
                 return None, b""
+
+    def authorize_write(self, request, writer):
+        """None when the write ``request`` (an h11.Request) may go on, else the refusal:
+        (status, JSON payload, extra headers). The token itself is never logged."""
+        what = "%s %s" % (request.method.decode("latin-1"), request.target.decode("latin-1").partition("?")[0])
+        if self.token is not None:
+            values = [v for k, v in request.headers if k == b"authorization"]
+            scheme, _, credential = values[0].strip().partition(b" ") if len(values) == 1 else (b"", b"", b"")
+            if scheme.lower() != b"bearer" or not credential.strip():
+                log.info("admin: %s refused: no bearer token", what)
+                return 401, {"error": "this admin API needs a bearer token for writes: "
+                                      "send Authorization: Bearer <token>"}, (("WWW-Authenticate", REALM),)
+            if not hmac.compare_digest(credential.strip(), self.token):
+                log.warning("admin: %s from %s refused: wrong bearer token", what, _peer(writer))
+                return 401, {"error": "wrong bearer token"}, (
+                    ("WWW-Authenticate", REALM + ', error="invalid_token"'),)
+            return None
+        # DNS rebinding: a page whose name resolves to 127.0.0.1 can send JSON to a
+        # loopback admin API, but its Host header names the page's host, not loopback
+        hosts = [v for k, v in request.headers if k == b"host"]
+        host = _host_name(hosts[0]) if len(hosts) == 1 else ""
+        if not is_loopback(host):
+            log.warning("admin: %s refused: Host %r is not a loopback name (DNS rebinding?)", what,
+                        hosts[0][:100] if hosts else None)
+            return 403, {"error": "without an admin token, writes must be addressed to a loopback host "
+                                  "(Host: 127.0.0.1 or localhost)"}, ()
+        values = [v for k, v in request.headers if k == b"content-type"]
+        media = values[0].partition(b";")[0].strip().lower() if len(values) == 1 else b""
+        if media != b"application/json":
+            log.info("admin: %s refused: Content-Type is not application/json", what)
+            return 415, {"error": "admin writes need Content-Type: application/json (without an admin token this "
+                                  "is what keeps a cross-site form from posting them); got %s" % (
+                                      values[0].decode("latin-1")[:100] if len(values) == 1 else
+                                      "no Content-Type" if not values else "several Content-Type headers")}, ()
+        return None
 
     def _answer(self, method, target, body):
         """dispatch(), with any bad input a 400 and any bug a 500: always a JSON answer,
@@ -216,6 +359,13 @@ class AdminServer:
 # Admin events (health.py's table) and the state each one leads to; repeating one
 # (draining a draining backend, enabling an enabled one) is a no-op, not an error.
 ADMIN_EVENTS = {"disable": health.DISABLED, "drain": health.DRAINING, "enable": None, "undrain": None}
+
+
+def _peer(writer):
+    peer = writer.get_extra_info("peername")
+    if not peer:
+        return "?"
+    return "[%s]:%d" % peer[:2] if ":" in peer[0] else "%s:%d" % peer[:2]
 
 
 class BadRequest(ValueError):

@@ -277,6 +277,9 @@ def main(argv=None):
 
     try:
         return run(cfg)
+    except ConfigError as err:  # found at start: the admin bind and token, key files loaded by auth
+        _report(err, args.config)
+        return 2
     except OSError as exc:
         print("fastlb: cannot start: %s" % exc, file=sys.stderr)
         return 1

@@ -302,7 +302,8 @@ def test_hash_key_header_is_sticky_and_spreads(fastlb, backends, algorithm):
         assert by_addr[decision["backend"]] == first[u]
     # disabling a backend moves only its keys; enabling it moves them back
     victim = backends[0]
-    httpx.post(admin + "/api/v1/pools/p/backends/%s/disable" % victim.address)
+    httpx.post(admin + "/api/v1/pools/p/backends/%s/disable" % victim.address,
+               headers={"Content-Type": "application/json"})
     with httpx.Client() as c:
         moved = {u: c.get(proc.url("/"), headers={"X-User": u}).headers["x-backend"] for u in users}
     for u in users:
@@ -310,7 +311,8 @@ def test_hash_key_header_is_sticky_and_spreads(fastlb, backends, algorithm):
             assert moved[u] != victim.name
         else:
             assert moved[u] == first[u]
-    httpx.post(admin + "/api/v1/pools/p/backends/%s/enable" % victim.address)
+    httpx.post(admin + "/api/v1/pools/p/backends/%s/enable" % victim.address,
+               headers={"Content-Type": "application/json"})
     with httpx.Client() as c:
         back = {u: c.get(proc.url("/"), headers={"X-User": u}).headers["x-backend"] for u in users}
     assert back == first

@@ -720,7 +720,8 @@ def test_item09_error_response_to_head_has_no_body(fastlb, backends, kind):
     proc = fastlb(doc)
     if kind == "503":
         r = httpx.post("http://127.0.0.1:%d/api/v1/pools/p/backends/%s/disable" % (proc.admin_port,
-                                                                                     backends[0].address))
+                                                                                     backends[0].address),
+                       headers={"Content-Type": "application/json"})
         assert r.status_code == 200
     head, after, closing = _head_then_get(proc, b"/x")
     assert head.startswith(b"HTTP/1.1 " + kind.encode())
@@ -794,7 +795,8 @@ def test_general_connection_serves_next_or_closes_after_failure(fastlb, backends
     proc = fastlb(doc)
     if kind == "503":
         r = httpx.post("http://127.0.0.1:%d/api/v1/pools/bad/backends/%s/disable" % (proc.admin_port,
-                                                                                       backends[1].address))
+                                                                                       backends[1].address),
+                       headers={"Content-Type": "application/json"})
         assert r.status_code == 200
     s = proc.connect()
     expect = {"502": 502, "503": 503, "504_connect": 504, "504_response": 504, "408_body": 408,

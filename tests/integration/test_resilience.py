@@ -55,7 +55,7 @@ def admin_backend(proc, address, pool="p"):
 
 def admin_post(proc, address, action, pool="p"):
     return httpx.post("http://127.0.0.1:%d/api/v1/pools/%s/backends/%s/%s" % (
-        proc.admin_port, pool, address, action), timeout=5)
+        proc.admin_port, pool, address, action), headers={"Content-Type": "application/json"}, timeout=5)
 
 
 def states(proc, pool="p"):
