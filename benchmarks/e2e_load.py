@@ -5,6 +5,8 @@
 
     # the cost of observability: metrics off, and the access log on, against the defaults
     python benchmarks/e2e_load.py --only fastlb,fastlb-metrics-off,fastlb-access-log,haproxy
+    # the cost of the entry guard: a route with an ip rate limit, an ACL and API-key auth
+    python benchmarks/e2e_load.py --only fastlb,fastlb-guard,haproxy
 
 Setup (all on 127.0.0.1, every process started here is killed at the end):
   * backends: one nginx (1 worker, keep-alive) with --backends server blocks on
@@ -42,6 +44,7 @@ checkout otherwise (the header says which); --fastlb-cmd overrides the command.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -60,7 +63,7 @@ HOST = "127.0.0.1"
 PROXY_CORE = "0"
 LOAD_CORE = "1"  # wrk and the backend nginx
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PROXIES = ("fastlb", "haproxy", "nginx", "fastlb-metrics-off", "fastlb-access-log")
+PROXIES = ("fastlb", "haproxy", "nginx", "fastlb-metrics-off", "fastlb-access-log", "fastlb-guard")
 # fastlb variants measured only when named in --only: the cost of observability.
 # "fastlb" runs the defaults (metrics on, no access log); "fastlb-metrics-off" sets
 # metrics.enabled: false; "fastlb-access-log" writes the JSON access log to a file.
@@ -69,6 +72,18 @@ FASTLB_VARIANTS = {
     "fastlb": {},
     "fastlb-metrics-off": {"metrics": {"enabled": False}},
     "fastlb-access-log": {"access_log": {"path": "access.log"}},
+    "fastlb-guard": {},  # a guarded route instead of the plain pool (start_fastlb, GUARD_ROUTE)
+}
+# Every request of every proxy carries this API key (wrk -H), so that the guard
+# variant and the others send the same bytes; only fastlb-guard checks it.
+API_KEY = "bench-0123456789abcdef"
+# fastlb-guard's route: one rate-limit policy (its limit never reached: the cost is
+# the check), an ACL and API-key authentication; issue 11's target is <= +10% CPU-us/req.
+GUARD_ROUTE = {
+    "path_prefix": "/", "pool": "default",
+    "access": {"allow": ["127.0.0.0/8"], "deny": ["192.0.2.0/24"]},
+    "rate_limits": [{"key": "ip", "rate": "1000000/s", "burst": 1000000}],
+    "auth": {"api_key": {"header": "X-API-Key", "keys_sha256": [hashlib.sha256(API_KEY.encode()).hexdigest()]}},
 }
 SCENARIOS = ("minimal", "realistic", "json_post")
 START_TIMEOUT = 15.0  # seconds for a proxy to accept connections
@@ -159,7 +174,8 @@ def tail_logs(paths, n=40):
 def http_get(port, path="/", timeout=5.0):
     """One GET with Connection: close; returns (status, body). For sanity checks only."""
     with socket.create_connection((HOST, port), timeout=timeout) as s:
-        s.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n" % (path, HOST, port)).encode())
+        s.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nX-API-Key: %s\r\nConnection: close\r\n\r\n" % (
+            path, HOST, port, API_KEY)).encode())
         data = bytearray()
         while True:
             chunk = s.recv(65536)
@@ -436,6 +452,9 @@ def start_fastlb(workdir, port, backends, connections, cmd, variant="fastlb"):
     argv, cwd, env, _ = cmd
     doc = {"listeners": [{"name": "bench", "bind": "%s:%d" % (HOST, port), "pool": "default"}],
            "pools": {"default": {"backends": ["%s:%d" % (HOST, p) for p in backends]}}}
+    if variant == "fastlb-guard":
+        del doc["listeners"][0]["pool"]
+        doc["listeners"][0]["routes"] = [GUARD_ROUTE]
     extra = json.loads(json.dumps(FASTLB_VARIANTS[variant]))
     if "access_log" in extra:
         extra["access_log"]["path"] = os.path.join(workdir, "%s-%s" % (variant, extra["access_log"]["path"]))
@@ -500,7 +519,8 @@ def parse_wrk(out):
 
 
 def run_wrk(port, seconds, connections, script):
-    argv = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency", "--timeout", "5s"]
+    argv = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency", "--timeout", "5s",
+            "-H", "X-API-Key: " + API_KEY]
     if script:
         argv += ["-s", script]
     argv.append("http://%s:%d/" % (HOST, port))

@@ -147,7 +147,7 @@ class AccessLog:
             bname = names[backend] = backend.address.encode("ascii")
         # a row of plain values; the batch is formatted at flush (_core.json_lines)
         lines = self.lines
-        lines.append((time.time(), conn.client_ip, ex.method, target, status, conn.req_in, conn.sent - conn.sent0,
+        lines.append((time.time(), conn.addr, ex.method, target, status, conn.req_in, conn.sent - conn.sent0,
                       duration, pname, bname, connect, response, session.attempts, ex.request_id, FLAG_JSON[flag],
                       trace[3:35] if trace is not None else None))
         if len(lines) >= FLUSH_LINES:

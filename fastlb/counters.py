@@ -67,9 +67,9 @@ FLAGS = (
     (2, "client_timeout", "the client was too slow: request head or body not received in time, "
                           "or it stopped reading the response"),
     (3, "parse_error", "the request was malformed and rejected by the parser (nothing forwarded)"),
-    (4, "limits", "the request exceeded a size limit: request line, header bytes or count"),
+    (4, "limits", "the request exceeded a size limit: request line, header bytes or count, body (max_body)"),
     (5, "no_route", "no route matched the request's host and path"),
-    (6, "method", "the method cannot be proxied (CONNECT)"),
+    (6, "method", "the method cannot be proxied (CONNECT) or is not in the route's limits.methods (405)"),
     (7, "no_backend", "no backend of the pool was usable"),
     (8, "queue_full", "every backend was at its capacity and the pool's queue was full"),
     (9, "queue_timeout", "the request waited in the pool's queue longer than queue_timeout"),
@@ -79,6 +79,11 @@ FLAGS = (
     (13, "upstream_timeout", "the backend did not answer (or stalled in its body) within the timeout"),
     (14, "upstream_invalid", "the backend sent an invalid response (head, chunked framing or protocol switch)"),
     (15, "shutdown", "fastlb was shutting down and the drain time was over"),
+    (16, "rate_limited", "a rate-limit policy of the route had no token left for the request's key (429)"),
+    (17, "auth", "the route's authentication refused the request: no or a bad credential (401), "
+                 "or an identity that is not allowed (403)"),
+    (18, "denied", "refused by the entry guard: the client address is not allowed (access, 403), a rejected "
+                   "path (400), too many connections from the address (429), or a bad PROXY protocol header"),
 )
 # What an ejection is counted under (health.report_failure's kind): the flags of
 # backend failures, and "status" (a status listed in outlier_detection.statuses).
@@ -87,10 +92,14 @@ EJECTION_REASONS = ("upstream_connect_failed", "upstream_connect_timeout", "upst
 F_NONE = 0
 (F_CLIENT_CLOSED, F_CLIENT_TIMEOUT, F_PARSE_ERROR, F_LIMITS, F_NO_ROUTE, F_METHOD, F_NO_BACKEND, F_QUEUE_FULL,
  F_QUEUE_TIMEOUT, F_CONNECT_FAILED, F_CONNECT_TIMEOUT, F_UPSTREAM_RESET, F_UPSTREAM_TIMEOUT, F_UPSTREAM_INVALID,
- F_SHUTDOWN) = range(1, 16)
+ F_SHUTDOWN, F_RATE_LIMITED, F_AUTH, F_DENIED) = range(1, 19)
 FLAG_NAMES = ("",) + tuple(name for _, name, _ in FLAGS)
 
 
 def parse_flag(status):
     """The flag of a request the parser rejected with ``status``."""
     return F_LIMITS if status in (413, 414, 431) else F_PARSE_ERROR
+
+
+# Why the entry guard refused a request (fastlb_requests_denied_total{reason}).
+DENY_REASONS = ("access", "method", "body_too_large", "path", "connections", "proxy_protocol")

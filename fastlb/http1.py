@@ -23,7 +23,7 @@ Helpers below it are functions of bytes the scanner already validated (RFC 9112
 import re
 from random import getrandbits
 
-from ._core import ChunkedDecoder
+from ._core import ChunkedDecoder, ScanError
 
 __all__ = [
     "Exchange", "response_body_mode", "error_response", "upgrade_offer", "accepted_upgrade",
@@ -109,10 +109,10 @@ class Exchange:
         # request facts (from the scanner)
         "method", "target", "minor", "keep_alive", "is_head", "idempotent", "upgrade", "request_id",
         # request body
-        "req_has_body", "req_remaining", "req_decoder", "req_done", "rest",
+        "req_has_body", "req_remaining", "req_decoder", "req_done", "rest", "max_body", "req_body_len",
         # response
         "rstate", "resp_mode", "resp_remaining", "resp_decoder", "rechunk", "close_after",
-        "up_reusable", "resp_started", "resp_seen", "leftover", "outcome", "status",
+        "up_reusable", "resp_started", "resp_seen", "leftover", "outcome", "status", "resp_extra",
     )
 
     def __init__(self, method, target, minor, keep_alive, upgrade, request_id, chunked, content_length):
@@ -135,6 +135,9 @@ class Exchange:
             self.req_remaining = content_length if content_length > 0 else 0
             self.req_done = not self.req_has_body
         self.rest = None  # bytes after the request body (a pipelined next request)
+        self.max_body = -1  # decoded chunked body bytes allowed (limits.max_body); -1 = no limit
+        self.req_body_len = 0  # decoded chunked body bytes so far (counted only with max_body)
+        self.resp_extra = b""  # header lines added to the response head (RateLimit-*), ours included
         self.rstate = R_NONE
         self.resp_mode = M_NONE
         self.resp_remaining = 0
@@ -168,6 +171,10 @@ class Exchange:
             self.rest = data[remaining:]
             return data[:remaining]
         payload = dec.feed(data)
+        if self.max_body >= 0 and payload:
+            self.req_body_len += len(payload)
+            if self.req_body_len > self.max_body:
+                raise ScanError(413, "request body larger than %d bytes (limits.max_body)" % self.max_body)
         out = b"%x\r\n%s\r\n" % (len(payload), payload) if payload else b""
         if dec.done:
             self.req_done = True
@@ -202,7 +209,7 @@ class Exchange:
             extra += b"Connection: keep-alive\r\n"
         self.close_after = close_after
         self.up_reusable = rsc.keep_alive and mode != M_CLOSE
-        head = rsc.build_downstream_head(rbuf, extra, False)
+        head = rsc.build_downstream_head(rbuf, extra + self.resp_extra if self.resp_extra else extra, False)
         self.resp_started = True
         self.rstate = R_BODY
         size = len(rbuf) - n

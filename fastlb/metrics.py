@@ -52,6 +52,13 @@ FAMILIES = {
     "fastlb_connections_total": ("counter", ("listener",), "Client connections accepted."),
     "fastlb_bytes_received_total": ("counter", ("listener",), "Bytes received from clients."),
     "fastlb_bytes_sent_total": ("counter", ("listener",), "Bytes sent to clients."),
+    "fastlb_ratelimit_rejected_total": ("counter", ("route", "policy"),
+                                        "Requests refused with 429 by a rate-limit policy of the route."),
+    "fastlb_auth_rejected_total": ("counter", ("route", "reason"),
+                                   "Requests refused by the route's authentication (401, 403, 503 busy), by reason."),
+    "fastlb_requests_denied_total": ("counter", ("route", "reason"),
+                                     "Requests (or connections) refused by the entry guard, by reason; route is "
+                                     "empty before a route is known."),
     "fastlb_config_reloads_total": ("counter", ("result",), "Configuration reloads, by result."),
     "fastlb_access_log_dropped_lines_total": ("counter", (),
                                               "Access-log lines lost: the writer was stuck or a write failed."),
@@ -112,6 +119,18 @@ def snapshot(server, now):
         for (status, flag), n in rt.generated.items():
             key = (str(status), FLAG_NAMES[flag] or "other")
             generated[key] = generated.get(key, 0) + n
+        denied = fam["fastlb_requests_denied_total"]
+        for reason, n in rt.denied.items():
+            denied[("", reason)] = denied.get(("", reason), 0) + n
+        for route in rt.router.routes:
+            rn = route.name
+            for p in route.policies:
+                fam["fastlb_ratelimit_rejected_total"][(rn, p.label)] = p.rejected
+            for reason, n in route.auth_rejected.items():
+                key = (rn, reason)
+                fam["fastlb_auth_rejected_total"][key] = fam["fastlb_auth_rejected_total"].get(key, 0) + n
+            for reason, n in route.denied.items():
+                denied[(rn, reason)] = denied.get((rn, reason), 0) + n
     for result, n in server.reloads.items():
         fam["fastlb_config_reloads_total"][(result,)] = n
     access = server.access_log

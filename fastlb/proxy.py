@@ -42,11 +42,15 @@ from .balancer import KEY_COOKIE, KEY_HEADER, KEY_IP, KEY_NONE, KEY_PATH, KEY_QU
 from .downstream import (
     CLOSED, EXCHANGE_PAUSES, OPEN, PAUSE_PENDING, PAUSE_PIPELINE, PAUSE_UPSTREAM, ClientConnection,
 )
+from .auth import Verdict, remove_query_param
+from .clientaddr import client_address, normalize
 from .counters import (
-    F_CLIENT_CLOSED, F_CLIENT_TIMEOUT, F_CONNECT_FAILED, F_CONNECT_TIMEOUT, F_METHOD, F_NO_BACKEND, F_NO_ROUTE,
-    F_NONE, F_PARSE_ERROR, F_QUEUE_FULL, F_QUEUE_TIMEOUT, F_SHUTDOWN, F_UPSTREAM_INVALID, F_UPSTREAM_RESET,
-    F_UPSTREAM_TIMEOUT, FLAG_NAMES, parse_flag,
+    F_AUTH, F_CLIENT_CLOSED, F_CLIENT_TIMEOUT, F_CONNECT_FAILED, F_CONNECT_TIMEOUT, F_DENIED, F_METHOD,
+    F_NO_BACKEND, F_NO_ROUTE, F_NONE, F_PARSE_ERROR, F_QUEUE_FULL, F_QUEUE_TIMEOUT, F_SHUTDOWN,
+    F_UPSTREAM_INVALID, F_UPSTREAM_RESET, F_UPSTREAM_TIMEOUT, FLAG_NAMES, parse_flag,
 )
+from .guard import ratelimit_headers
+from .proxyproto import ProxyProtocolError, parse as parse_proxy_header
 from .errors import REASONS
 from .health import report_failure, report_success
 from .http1 import (
@@ -63,6 +67,7 @@ BODY = 1  # request head forwarded; receiving the request body
 WAIT = 2  # request fully received; response in progress
 TUNNEL = 3  # upgraded: bytes relayed both ways
 QUEUED = 4  # request head received; waiting in the pool's queue for a backend with capacity
+AUTHWAIT = 5  # request head received; its authentication is being decided off the loop (auth.py)
 
 # Client timer kinds (downstream.py has the closing ones, 10 and up).
 T_IDLE = 1  # keep-alive idle, no byte of a new request yet
@@ -70,6 +75,9 @@ T_HEADER = 2  # head in progress (slowloris bound)
 T_BODY = 3  # client inactivity while sending a request body
 T_TUNNEL = 4  # upgraded connection inactivity
 T_QUEUE = 5  # how long a request may wait in its pool's queue
+T_AUTH = 6  # how long a request may wait for its authentication (a bcrypt check, a JWKS fetch)
+
+AUTH_WAIT = 10.0  # seconds; then 503
 
 CRLF = b"\r\n"
 # Pipelined bytes buffered beyond a full request head pause reading.
@@ -85,7 +93,9 @@ EOF_BACKEND = 2
 
 class ProxyConnection(ClientConnection):
     __slots__ = ("scanner", "rscanner", "buf", "rbuf", "state", "ex", "session", "in_heads", "tunnel_eofs",
-                 "t_start", "flag", "sent0", "req_in", "trace", "route_pool")
+                 "t_start", "flag", "sent0", "req_in", "trace", "route_pool",
+                 "addr", "route", "head_len", "pending", "tight", "pp_done", "peer_trusted", "counted", "over_cap",
+                 "auth_memo")
 
     def __init__(self, listener):
         ClientConnection.__init__(self, listener)
@@ -106,11 +116,76 @@ class ProxyConnection(ClientConnection):
         self.req_in = 0  # request bytes consumed: head + body
         self.trace = None  # the traceparent forwarded (tracing on), for the access log
         self.route_pool = None  # the pool the request was routed to, for the access log
+        # the entry guard (guard.py, docs/security.md)
+        self.addr = b""  # the client address of the request: the peer's, or from trusted proxies' headers
+        self.route = None  # the guard.Route of the request
+        self.head_len = 0  # bytes of its head at the front of buf (kept while its authentication waits)
+        self.pending = None  # the auth Future it waits on (state AUTHWAIT)
+        self.tight = None  # the tightest rate-limit state seen (guard.Route.take) for RateLimit-*
+        self.pp_done = not listener.proxy_protocol  # the PROXY protocol header was read (or is not expected)
+        self.peer_trusted = False  # the peer is one of the listener's trusted_proxies
+        self.counted = False  # counted in listener.per_client (max_connections_per_client)
+        self.over_cap = False  # opened beyond max_connections_per_client: its first request gets 429
+        self.auth_memo = None  # (route, API key header value, passed verdict) of this connection's last request
 
     # ------------------------------------------------------------------ events
     def on_connect(self):
         listener = self.listener
-        listener.wheel.arm(self.timer, T_IDLE, listener.loop.time() + listener.timeouts.client_idle)
+        if self.pp_done:
+            self._admit()
+            listener.wheel.arm(self.timer, T_IDLE, listener.loop.time() + listener.timeouts.client_idle)
+        else:  # the PROXY protocol header is due at once, within the header timeout
+            listener.wheel.arm(self.timer, T_HEADER, listener.loop.time() + listener.timeouts.client_header)
+
+    def _admit(self):
+        """The connection's client address is known: trusted peer, per-client cap."""
+        listener = self.listener
+        ip = self.client_ip
+        if ip[:7] == b"::ffff:" or ip[:7] == b"::FFFF:" or b"%" in ip:
+            ip = self.client_ip = normalize(ip)  # one client, however its socket family shows it
+        self.addr = ip
+        if listener.trusted is not None:
+            self.peer_trusted = ip in listener.trusted
+        cap = listener.max_per_client
+        if cap:
+            per = listener.per_client
+            n = per.get(ip, 0)
+            if n >= cap:
+                self.over_cap = True
+            else:
+                per[ip] = n + 1
+                self.counted = True
+
+    def _release_client_slot(self):
+        if self.counted:
+            self.counted = False
+            per = self.listener.per_client
+            n = per.get(self.client_ip, 1) - 1
+            if n > 0:
+                per[self.client_ip] = n
+            else:
+                per.pop(self.client_ip, None)
+
+    def _proxy_header(self):
+        """Read the PROXY protocol header at the front of buf; False while incomplete
+        or when the connection was refused."""
+        try:
+            got = parse_proxy_header(self.buf)
+        except ProxyProtocolError as exc:
+            self.listener.deny("proxy_protocol")
+            self.pp_done = True
+            self.buf.clear()
+            self._client_error(400, "PROXY protocol header required on this listener: %s" % exc.reason, F_DENIED)
+            return False
+        if got is None:
+            return False
+        consumed, src_ip = got[0], got[1]
+        del self.buf[:consumed]
+        if src_ip:
+            self.client_ip = src_ip
+        self.pp_done = True
+        self._admit()
+        return True
 
     def data_received(self, data):
         self.received += len(data)
@@ -131,6 +206,13 @@ class ProxyConnection(ClientConnection):
         buf = self.buf
         buf += data
         if state == HEAD:
+            if not self.pp_done:
+                if not self._proxy_header():
+                    return
+                if not buf:  # the PROXY header alone: the request is due within client_idle
+                    listener = self.listener
+                    listener.wheel.arm(self.timer, T_IDLE, listener.loop.time() + listener.timeouts.client_idle)
+                    return
             if self.timer.kind != T_HEADER:
                 listener = self.listener
                 listener.wheel.arm(self.timer, T_HEADER, listener.loop.time() + listener.timeouts.client_header)
@@ -158,13 +240,18 @@ class ProxyConnection(ClientConnection):
             # Every complete request was handled as it arrived; what is left is at
             # most a partial head, which can never complete now.
             return self.ex is not None
-        if state == QUEUED:
-            # A client gone (or half-closed) while its request waits for capacity: the
-            # request is dropped, never forwarded (HAProxy's abortonclose for queues).
-            pool = self.session.pool
-            self._leave_queue()
-            log.info("client %s closed while its request waited in pool %s's queue: dropped",
-                     self.client_ip.decode("latin-1"), pool.name)
+        if state == QUEUED or state == AUTHWAIT:
+            # A client gone (or half-closed) while its request waits for capacity or
+            # for its authentication: the request is dropped, never forwarded
+            # (HAProxy's abortonclose for queues).
+            if state == QUEUED:
+                pool = self.session.pool
+                self._leave_queue()
+                log.info("client %s closed while its request waited in pool %s's queue: dropped",
+                         self.addr.decode("latin-1"), pool.name)
+            else:
+                self.pending = None
+                self.state = HEAD
             self.flag = F_CLIENT_CLOSED
             if self.listener.observe:
                 self._record()
@@ -180,6 +267,8 @@ class ProxyConnection(ClientConnection):
 
     def on_disconnect(self):
         self._leave_queue()
+        self._release_client_slot()
+        self.pending = None
         self.state = HEAD
         ex = self.ex
         if ex is not None:
@@ -227,8 +316,8 @@ class ProxyConnection(ClientConnection):
             listener.wheel.arm(self.timer, T_BODY, now + listener.timeouts.client_idle)
         elif state == TUNNEL:
             listener.wheel.arm(self.timer, T_TUNNEL, now + listener.timeouts.tunnel)
-        elif state == QUEUED:
-            pass  # the queue deadline runs on
+        elif state == QUEUED or state == AUTHWAIT:
+            pass  # the queue's (or the authentication's) deadline runs on
         else:
             listener.wheel.cancel(self.timer)  # WAIT: the session's response deadline runs
 
@@ -250,6 +339,15 @@ class ProxyConnection(ClientConnection):
         elif kind == T_TUNNEL:
             if self.state == TUNNEL:
                 self._end_tunnel()
+        elif kind == T_AUTH:
+            if self.state == AUTHWAIT:
+                self.pending = None
+                self.state = HEAD
+                route = self.route
+                route.auth_rejected["busy"] = route.auth_rejected.get("busy", 0) + 1
+                del self.buf[:self.head_len]
+                self._refuse_early(503, "authentication did not complete within %gs" % AUTH_WAIT, F_AUTH,
+                                   b"Retry-After: 1\r\n")
         elif kind == T_QUEUE:
             if self.state == QUEUED:
                 pool = self.session.pool
@@ -329,6 +427,8 @@ class ProxyConnection(ClientConnection):
         self.flag = F_NONE
         self.sent0 = self.sent
         self.req_in = n
+        self.head_len = n
+        self.tight = None
         sc = self.scanner
         listener = self.listener
         method = sc.method
@@ -339,21 +439,156 @@ class ProxyConnection(ClientConnection):
         upgrade = None
         if sc.upgrade:
             upgrade = upgrade_offer(sc.header_value(self.buf, b"upgrade") or b"", listener.upgrade_protocols)
-        self.ex = ex = Exchange(method, target, sc.http_minor, sc.keep_alive, upgrade, rid, sc.chunked,
-                                sc.content_length)
+        self.ex = Exchange(method, target, sc.http_minor, sc.keep_alive, upgrade, rid, sc.chunked, sc.content_length)
+        self.addr = self.client_ip
+        if self.peer_trusted:
+            self.addr = self._forwarded_client()
 
         # phase: route
         if method == b"CONNECT":
-            self.route_pool = None
+            self.route = self.route_pool = None
             del self.buf[:n]
             self._refuse_early(405, "CONNECT is not supported by a reverse proxy", F_METHOD)
             return
-        pool = listener.route(sc.host, target)
-        self.route_pool = pool
-        key = self._request_key(pool) if pool is not None and pool.key_kind != KEY_NONE else None
+        route = listener.route(sc.host, target)
+        self.route = route
+        if route is None:
+            self.route_pool = None
+            del self.buf[:n]
+            self._refuse_early(404, "no route for this host and path", F_NO_ROUTE)
+            return
+        self.route_pool = route.pool
+        if self.over_cap:
+            listener.deny("connections")
+            del self.buf[:n]
+            self._refuse_early(429, "too many connections from %s (max_connections_per_client %d)" % (
+                self.addr.decode("latin-1"), listener.max_per_client), F_DENIED, b"Retry-After: 1\r\n")
+            return
+        if route.guarded:
+            self._guard(route)
+        else:
+            self._dispatch(route, b"")
+
+    def _forwarded_client(self):
+        """The client address behind a trusted proxy (clientaddr.client_address)."""
+        sc = self.scanner
+        xff = []
+        fwd = []
+        for name, value in sc.headers(self.buf):
+            lname = name.lower()
+            if lname == b"x-forwarded-for":
+                xff.append(value)
+            elif lname == b"forwarded":
+                fwd.append(value)
+        if not xff and not fwd:
+            return self.client_ip
+        return client_address(self.client_ip, xff, fwd, self.listener.trusted)
+
+    def _header(self, name):
+        """A field of the request head in progress (its head is still at the front of buf)."""
+        return self.scanner.header_value(self.buf, name)
+
+    # ---------------------------------------------------------------- phase: guard
+    def _guard(self, route):
+        """The route's entry guard (guard.py): limits, access, rate limits keyed on the
+        request, then authentication (maybe off the loop: AUTHWAIT)."""
+        ex = self.ex
+        sc = self.scanner
+        refusal = route.check(ex.method, ex.target, sc.content_length, self.addr)
+        if refusal is None and route.pre:
+            refusal, self.tight = route.take(route.pre, self.addr, self._header, None, None, self.listener.loop.time())
+        if refusal is not None:
+            self._refuse_guard(refusal)
+            return
+        if route.max_body >= 0 and sc.chunked:
+            ex.max_body = route.max_body
+        authenticator = route.auth
+        if authenticator is None:
+            self._dispatch(route, b"")
+            return
+        name = authenticator.memo_header
+        if name is not None:
+            # the same API key again on this connection: its verdict stands (no hash)
+            value = self.scanner.header_value(self.buf, name)
+            memo = self.auth_memo
+            if memo is not None and value is not None and memo[0] is route and memo[1] == value:
+                self._authenticated(route, memo[2])
+                return
+            verdict = authenticator.check(self._header, ex.target)
+            if value is not None and verdict.__class__ is Verdict and not verdict.status:
+                self.auth_memo = (route, value, verdict)
+        else:
+            verdict = authenticator.check(self._header, ex.target)
+        if verdict.__class__ is Verdict:
+            self._authenticated(route, verdict)
+            return
+        # decided off the loop (a bcrypt check, a JWKS refresh): the head stays in buf,
+        # bytes that follow are buffered (reading pauses past PIPELINE_SLACK)
+        self.state = AUTHWAIT
+        self.pending = verdict
+        listener = self.listener
+        listener.wheel.arm(self.timer, T_AUTH, listener.loop.time() + AUTH_WAIT)
+        verdict.add_done_callback(self._auth_done)
+
+    def _auth_done(self, fut):
+        if fut is not self.pending or self.state != AUTHWAIT or self.phase != OPEN:
+            return  # gone, timed out or closed meanwhile
+        self.pending = None
+        self.state = HEAD
+        try:
+            verdict = fut.result()
+        except Exception as exc:  # auth.py resolves with a Verdict; never leave the request hanging
+            log.exception("authentication failed unexpectedly: %s", exc)
+            verdict = Verdict(503, "busy", b"", None, "authentication failed unexpectedly")
+        self._authenticated(self.route, verdict)
+        if self.state == HEAD and self.ex is None and self.phase == OPEN:
+            self._read_heads()  # pipelined requests that waited behind this one
+
+    def _authenticated(self, route, verdict):
+        if verdict.status:
+            self._refuse_guard(route.auth_refusal(verdict))
+            return
+        if route.post:
+            refusal, tight = route.take(route.post, self.addr, self._header, verdict.identity, verdict.claims,
+                                        self.listener.loop.time())
+            if refusal is not None:
+                self._refuse_guard(refusal)
+                return
+            if tight is not None and (self.tight is None or tight[0] < self.tight[0]):
+                self.tight = tight
+        authenticator = route.auth
+        self._dispatch(route, authenticator.claim_header_lines(verdict) if authenticator.claim_headers else b"")
+
+    def _refuse_guard(self, refusal):
+        """The guard answers: the head is consumed, nothing is forwarded."""
+        del self.buf[:self.head_len]
+        extra = refusal.extra
+        if refusal.status != 429 and self.tight is not None:
+            extra += ratelimit_headers(self.tight)
+        log.info("%d %s %s from %s: %s", refusal.status, self.ex.method.decode("latin-1"),
+                 self.ex.target.decode("latin-1"), self.addr.decode("latin-1"), refusal.message)
+        self._refuse_early(refusal.status, refusal.message, refusal.flag, extra)
+
+    # ---------------------------------------------------------------- phase: dispatch
+    def _dispatch(self, route, claim_lines):
+        """Build the upstream head and select a backend."""
+        n = self.head_len
+        sc = self.scanner
+        ex = self.ex
+        listener = self.listener
+        pool = route.pool
+        rid = ex.request_id
+        upgrade = ex.upgrade
+        key = self._request_key(pool) if pool.key_kind != KEY_NONE else None
+        if self.tight is not None:
+            ex.resp_extra = ratelimit_headers(self.tight)
 
         # the rebuilt head, kept by the session until the first backend write (retries resend it)
-        extra = listener.extra_proto
+        trusted = self.peer_trusted
+        if trusted and sc.header_value(self.buf, b"x-forwarded-proto") is not None:
+            extra = b""  # the trusted proxy's X-Forwarded-Proto goes on
+        else:
+            extra = listener.extra_proto
         if sc.request_id is None:
             extra += b"X-Request-ID: " + rid + CRLF
         if sc.chunked:
@@ -364,7 +599,9 @@ class ProxyConnection(ClientConnection):
             # HTTP/1.0 without Host: the upstream request is HTTP/1.1, which requires one
             # (RFC 9112 §3.2): an absolute-form target's authority (the scanner's host),
             # else the pool's first backend.
-            extra += b"Host: " + (sc.host or (pool.host_header if pool is not None else b"localhost")) + CRLF
+            extra += b"Host: " + (sc.host or pool.host_header) + CRLF
+        if claim_lines:
+            extra += claim_lines
         drop_trace = False
         mode = listener.trace_mode
         if mode:
@@ -379,12 +616,16 @@ class ProxyConnection(ClientConnection):
                 tp = new_traceparent()
                 extra += b"traceparent: " + tp + CRLF
             self.trace = tp
-        head = sc.build_upstream_head(self.buf, self.client_ip, extra, False, drop_trace)
+        head = sc.build_upstream_head(self.buf, self.client_ip, extra, False, drop_trace, trusted, route.drop_names)
+        if route.auth is not None and route.auth.strip_query is not None:
+            # an API key sent as a query parameter is removed from the forwarded target
+            target = ex.target
+            stripped = remove_query_param(target, route.auth.strip_query)
+            if stripped != target:
+                cut = len(ex.method) + 1 + len(target)
+                head = ex.method + b" " + stripped + head[cut:]
         del self.buf[:n]
 
-        if pool is None:
-            self._refuse_early(404, "no route for this host and path", F_NO_ROUTE)
-            return
         # phase: select (a pool with waiting requests serves them first: FIFO)
         backend = None
         if not pool.queue:
@@ -480,7 +721,7 @@ class ProxyConnection(ClientConnection):
         """The request's hash key (bytes) for ``pool``, or None when it has none."""
         kind = pool.key_kind
         if kind == KEY_IP:
-            return self.client_ip
+            return self.addr
         if kind == KEY_HEADER:
             return self.scanner.header_value(self.buf, pool.key_name)
         if kind == KEY_COOKIE:
@@ -837,6 +1078,8 @@ class ProxyConnection(ClientConnection):
         ex = self.ex
         rid = ex.request_id if ex is not None else self.listener.next_request_id()
         body = json.dumps({"error": reason, "request_id": rid.decode("latin-1")}).encode() + b"\n"
+        if ex is not None and ex.resp_extra:
+            extra += ex.resp_extra
         out = error_response(status, REASONS.get(status, "Error").encode(), body, rid,
                              ex is not None and ex.is_head, close, extra)
         self.transport.write(out)

@@ -24,10 +24,12 @@ import os
 import signal
 import time
 
-from . import _core, health
+from . import _core, auth, health
 from ._version import __version__
 from .accesslog import AccessLog
 from .balancer import Pool
+from .clientaddr import AddressSet
+from .guard import Route
 from .http1 import path_of, split_host
 from .model import ObservabilitySpec
 from .proxy import HEAD, ProxyConnection
@@ -43,21 +45,26 @@ TRACE_MODES = {"off": 0, "propagate": 1, "start": 2}
 
 
 class Router:
-    """First matching route wins, in configuration order."""
+    """First matching route wins, in configuration order. Routes are guard.Route
+    objects (pool, label, entry guard), built once per configured route."""
 
-    __slots__ = ("routes", "only")
+    __slots__ = ("routes", "only", "table")
 
-    def __init__(self, route_specs, pools):
+    def __init__(self, route_specs, pools, loop=None):
         self.routes = []
+        self.table = []
         for r in route_specs:
             host = r.host
             wildcard = None
             if host and host.startswith("*."):
                 wildcard = host[1:].encode("ascii")  # ".example.com"
                 host = None
-            self.routes.append((host.encode("ascii") if host else None, wildcard, r.path_prefix.encode("ascii"), pools[r.pool]))
+            authenticator = auth.build(r.auth, loop) if r.auth is not None else None
+            route = Route(r, pools[r.pool], loop, authenticator)
+            self.routes.append(route)
+            self.table.append((host.encode("ascii") if host else None, wildcard, r.path_prefix.encode("ascii"), route))
         # The common case, one catch-all route, skips all matching.
-        only = self.routes[0] if len(self.routes) == 1 else None
+        only = self.table[0] if len(self.table) == 1 else None
         self.only = only[3] if only and only[0] is None and only[1] is None and only[2] == b"/" else None
 
     def route(self, host, target):
@@ -66,13 +73,13 @@ class Router:
         # ``host`` is the scanner's: Host, or an absolute-form target's authority
         name = split_host(host) if host else b""
         path = path_of(target)
-        for rhost, wildcard, prefix, pool in self.routes:
+        for rhost, wildcard, prefix, route in self.table:
             if rhost is not None and name != rhost:
                 continue
             if wildcard is not None and not name.endswith(wildcard):
                 continue
             if path.startswith(prefix):
-                return pool
+                return route
         return None
 
 
@@ -84,14 +91,15 @@ class ListenerRuntime:
         "extra_proto", "server", "address", "wheel", "upgrade_protocols", "_rid_prefix", "_rid_counter",
         "connections_total", "bytes_received", "bytes_sent", "generated", "requests_total",
         "access_log", "metrics", "observe", "trace_mode",
+        "trusted", "proxy_protocol", "max_per_client", "per_client", "denied",
     )
 
     def __init__(self, spec, loop, pools, timeouts, limits, wheel, observability=None, access_log=None):
         self.spec = spec
         self.loop = loop
-        self.router = Router(spec.routes, pools)
+        self.router = Router(spec.routes, pools, loop)
         self.timeouts = timeouts
-        self.limits = limits
+        self.limits = spec.head_limits or limits  # the scanners' limits: this listener's, else the global ones
         self.connections = set()
         self.draining = False
         self.extra_proto = b"X-Forwarded-Proto: http\r\n"
@@ -116,9 +124,20 @@ class ListenerRuntime:
         self.access_log = access_log
         self.observe = obs.metrics or access_log is not None  # proxy._record runs at all
         self.trace_mode = TRACE_MODES[obs.tracing]
+        # the entry guard (docs/security.md): trusted proxies (None: none), PROXY
+        # protocol, open connections per client address (max_per_client, 0 = no cap),
+        # refusals before a route is known (reason -> count)
+        self.trusted = AddressSet(spec.trusted_proxies) if spec.trusted_proxies else None
+        self.proxy_protocol = spec.proxy_protocol
+        self.max_per_client = spec.max_connections_per_client
+        self.per_client = {}
+        self.denied = {}
 
     def route(self, host, target):
         return self.router.route(host, target)
+
+    def deny(self, reason):
+        self.denied[reason] = self.denied.get(reason, 0) + 1
 
     def bytes_totals(self):
         """(received, sent) by every connection so far, live ones included."""
@@ -148,6 +167,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._drain_task = None
         self._resolve_task = None
+        self._next_sweep = 0.0
         t = config.timeouts
         pool_times = [p.per_try_timeout for p in config.pools if p.per_try_timeout] + [
             p.queue_timeout for p in config.pools if p.max_connections or p.max_in_flight
@@ -163,6 +183,12 @@ class Server:
         self.stats = StatsSampler(self)
 
     async def start(self):
+        if self.config.admin is not None and self.admin is None:
+            from .admin import AdminServer
+
+            # reads the admin token; refuses an open non-loopback bind (ConfigError)
+            # before anything listens
+            self.admin = AdminServer(self)
         obs = self.config.observability
         if obs.access_log is not None and self.access_log is None:
             self.access_log = AccessLog(obs.access_log)  # a file that cannot be opened fails here
@@ -175,13 +201,13 @@ class Server:
                 lambda rt=rt: ProxyConnection(rt), spec.bind.host, spec.bind.port,
                 reuse_address=True, backlog=1024,
             )
+            for route in rt.router.routes:
+                if route.auth is not None:
+                    await route.auth.start()
             sock = rt.server.sockets[0].getsockname()
             rt.address = "[%s]:%d" % sock[:2] if ":" in sock[0] else "%s:%d" % sock[:2]
             self.listeners.append(rt)
-        if self.config.admin is not None:
-            from .admin import AdminServer
-
-            self.admin = AdminServer(self)
+        if self.admin is not None:
             await self.admin.start(self.config.admin.bind.host, self.config.admin.bind.port)
         self.prober.start()  # one prober per instance (docs/health.md)
         self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
@@ -206,6 +232,15 @@ class Server:
             sweep_idle(self.backends, now, self.config.timeouts.upstream_idle)
         except Exception:
             log.exception("idle connection sweep failed")
+        if now >= self._next_sweep:
+            self._next_sweep = now + 1.0
+            for rt in self.listeners:
+                for route in rt.router.routes:
+                    if route.policies:
+                        try:
+                            route.sweep(now)  # refilled rate-limit buckets leave the table
+                        except Exception:
+                            log.exception("rate-limit sweep failed for route %s", route.name)
         for pool in self.pools.values():
             try:
                 health.tick(pool, now)  # ejections over, slow start ramps
@@ -277,6 +312,9 @@ class Server:
             self._resolve_task = None
         for rt in self.listeners:
             rt.server.close()
+            for route in rt.router.routes:
+                if route.auth is not None:
+                    route.auth.close()
         if self.admin is not None:
             await self.admin.stop()
         for pool in self.pools.values():

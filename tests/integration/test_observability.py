@@ -451,6 +451,9 @@ def test_every_flag_is_produced_by_a_real_scenario(tmp_path, three):
             {"host": "down.test", "pool": "down"},
             {"host": "queue.test", "pool": "queue"},
             {"host": "qfull.test", "pool": "qfull"},
+            {"host": "limited.test", "pool": "ok", "rate_limits": [{"key": "route", "rate": "1/h", "burst": 1}]},
+            {"host": "auth.test", "pool": "ok", "auth": {"api_key": {"keys_sha256": ["0" * 64]}}},
+            {"host": "denied.test", "pool": "ok", "access": {"deny": ["127.0.0.0/8"]}},
         ]}],
         "pools": {
             "ok": one(three[0].address),
@@ -500,6 +503,10 @@ def test_every_flag_is_produced_by_a_real_scenario(tmp_path, three):
             b"HTTP/1.1 405")
         # no_backend
         assert get("down.test").status_code == 503
+        # rate_limited, auth, denied (the entry guard, docs/security.md)
+        assert [get("limited.test").status_code for _ in range(2)] == [200, 429]
+        assert get("auth.test").status_code == 401
+        assert get("denied.test").status_code == 403
         # queue_timeout and queue_full: one request holds the only slot
         holder = threading.Thread(target=lambda: get("queue.test", "/slow?delay=1.5"))
         holder.start()
@@ -551,12 +558,14 @@ def test_every_flag_is_produced_by_a_real_scenario(tmp_path, three):
         assert status["upstream_timeout"] == {504, 200}  # the hang (504) and the stalled body (cut)
         assert status["upstream_reset"] == {200}  # cut in the middle of its body
         assert status["shutdown"] == {200}
+        assert status["rate_limited"] == {429} and status["auth"] == {401} and status["denied"] == {403}
         for name in ("parse_error", "client_timeout"):
             assert all(x["method"] is None and x["path"] is None for x in produced[name])
         for code, reason in ((400, "parse_error"), (408, "client_timeout"), (414, "limits"), (404, "no_route"),
                              (405, "method"), (503, "no_backend"), (503, "queue_full"), (503, "queue_timeout"),
                              (502, "upstream_connect_failed"), (504, "upstream_connect_timeout"),
-                             (502, "upstream_invalid"), (504, "upstream_timeout")):
+                             (502, "upstream_invalid"), (504, "upstream_timeout"), (429, "rate_limited"),
+                             (401, "auth"), (403, "denied")):
             assert value(samples, "fastlb_responses_generated_total", code=str(code), reason=reason) >= 1, (code,
                                                                                                           reason)
     finally:

@@ -162,6 +162,7 @@ def test_api_key_header_challenge_and_strip():
     a = api_key_auth()
     assert a.challenge == b'ApiKey realm="fastlb", header="X-API-Key"'
     assert a.strip == (b"x-api-key",) and a.strip_query is None and a.claim_headers == ()
+    assert a.memo_header == b"x-api-key"  # the verdict depends on that field alone (proxy.py memo)
     assert a.claim_header_lines(a.check(headers(x_api_key=KEY), b"/")) == b""
     custom = api_key_auth(header="X-Token", forward_credential=True)
     assert custom.check(headers(x_token=KEY), b"/").passed
@@ -171,7 +172,7 @@ def test_api_key_header_challenge_and_strip():
 def test_api_key_in_the_query():
     a = api_key_auth(header=None, query="api_key")
     assert a.challenge == b'ApiKey realm="fastlb", query="api_key"'
-    assert a.strip == () and a.strip_query == b"api_key"
+    assert a.strip == () and a.strip_query == b"api_key" and a.memo_header is None
     assert a.check(NO_HEADERS, b"/v1/items?api_key=" + KEY).passed
     assert a.check(NO_HEADERS, b"/v1/items?a=1&api_key=" + KEY + b"&b=2").passed
     assert a.check(NO_HEADERS, b"/v1/items?api%5Fkey=" + KEY.replace(b"-", b"%2D")).passed  # percent-decoded
@@ -210,6 +211,7 @@ def test_jwt_rs256_es256_hs256_pass(loop, jwks_file, secret_file):
     v = a.check(bearer(es256(claims(sub="bob", role="admin"))), b"/")
     assert v.identity == b"bob" and v.claims["role"] == "admin"
     assert a.challenge == b'Bearer realm="fastlb"' and a.strip == (b"authorization",)
+    assert a.memo_header is None  # tokens expire: no per-connection memo
 
 
 def test_jwt_scheme_is_case_insensitive_and_without_sub_identity_is_empty(loop, jwks_file):
@@ -545,6 +547,7 @@ def test_basic_bad_password_and_unknown_user(loop, htpasswd):
     assert a.check(basic_header("alice", "hunter2"), b"/").reason == "invalid"
     assert a._pool.checks == 2
     assert a.challenge == b'Basic realm="fastlb", charset="UTF-8"' and a.strip == (b"authorization",)
+    assert a.memo_header is None
 
 
 def test_basic_unknown_user_costs_like_a_real_one(loop, tmp_path):

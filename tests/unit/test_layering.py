@@ -1,7 +1,8 @@
 """The dependency direction of DESIGN.md, enforced on the source.
 
 Leaves first: errors <- model <- config; _core <- http kernels, balancer;
-counters (a leaf) <- balancer, health, proxy; metrics, stats, accesslog (renderers,
+counters (a leaf) <- balancer, health, proxy; clientaddr, proxyproto (stdlib
+leaves), auth <- guard <- proxy; metrics, stats, accesslog (renderers,
 read on scrape or tick) <- admin, server; metrics/upstream/downstream <- proxy <- server <- cli. _core and balancer are
 sans-IO: they never import asyncio, ssl or time (time is passed in).
 """
@@ -38,6 +39,17 @@ FORBIDDEN = {
     "stats": {"proxy", "server", "cli", "upstream", "downstream", "admin", "config", "metrics", "accesslog"},
     "accesslog": {"proxy", "server", "cli", "upstream", "downstream", "admin", "config", "balancer", "health",
                   "metrics", "stats"},
+    # the entry guard: the address and PROXY protocol parsers are stdlib-only leaves;
+    # auth knows the validated model only; guard sits between them and the proxy
+    "clientaddr": {"errors", "model", "config", "balancer", "http1", "health", "proxy", "server", "cli",
+                   "upstream", "downstream", "admin", "metrics", "stats", "accesslog", "guard", "auth", "counters"},
+    "proxyproto": {"errors", "model", "config", "balancer", "http1", "health", "proxy", "server", "cli",
+                   "upstream", "downstream", "admin", "metrics", "stats", "accesslog", "guard", "auth", "counters",
+                   "clientaddr"},
+    "auth": {"config", "balancer", "http1", "health", "proxy", "server", "cli", "upstream", "downstream", "admin",
+             "metrics", "stats", "accesslog", "guard", "clientaddr"},
+    "guard": {"config", "balancer", "health", "proxy", "server", "cli", "upstream", "downstream", "admin",
+              "metrics", "stats", "accesslog"},
 }
 SANS_IO = {"asyncio", "ssl", "time", "socket", "selectors"}
 
@@ -75,7 +87,8 @@ def test_dependency_direction(module):
 
 
 @pytest.mark.parametrize("path", sorted((PKG / "_core").glob("*.py")) + sorted((PKG / "_core").glob("*.pyx"))
-                         + [PKG / "balancer.py", PKG / "http1.py", PKG / "timers.py", PKG / "counters.py"], ids=lambda p: p.name)
+                         + [PKG / "balancer.py", PKG / "http1.py", PKG / "timers.py", PKG / "counters.py", PKG / "guard.py",
+                            PKG / "clientaddr.py", PKG / "proxyproto.py"], ids=lambda p: p.name)
 def test_kernels_are_sans_io_and_self_contained(path):
     text = path.read_text()
     if path.suffix == ".pyx":
