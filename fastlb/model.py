@@ -111,7 +111,7 @@ class PoolSpec:
 
 @dataclass(frozen=True)
 class ApiKeySpec:
-    """API keys, held only as SHA-256 digests (docs/security.md#api-keys)."""
+    """API keys, held only as SHA-256 digests (docs/auth.md#api-keys)."""
 
     digests: tuple  # 32-byte SHA-256 digests of the accepted keys
     header: str = "X-API-Key"  # where the key is sent; None when ``query`` is used
@@ -121,7 +121,7 @@ class ApiKeySpec:
 
 @dataclass(frozen=True)
 class JwtSpec:
-    """Bearer JWTs (docs/security.md#jwt); one key source: jwks_file, jwks_url or secret_file."""
+    """Bearer JWTs (docs/auth.md#jwt); one key source: jwks_file, jwks_url or secret_file."""
 
     algorithms: tuple  # of "HS256", "RS256", "ES256"
     jwks_file: str = None
@@ -138,7 +138,7 @@ class JwtSpec:
 
 @dataclass(frozen=True)
 class BasicSpec:
-    """HTTP Basic against an htpasswd file of bcrypt entries (docs/security.md#basic)."""
+    """HTTP Basic against an htpasswd file of bcrypt entries (docs/auth.md#http-basic)."""
 
     htpasswd: str  # path
     realm: str = "fastlb"
