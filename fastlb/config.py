@@ -8,6 +8,7 @@ not silently fall back to a default).
 
 import dataclasses
 import ipaddress
+import json
 import re
 
 import yaml
@@ -1049,8 +1050,6 @@ def _duration_or_zero(value):
 
 
 def _jwt(ctx, body, path):
-    import json
-
     if ctx.mapping(body, path, _JWT_KEYS, required=("algorithms",)) is None:
         return None
     kw = {}
@@ -1133,18 +1132,10 @@ def _jwt(ctx, body, path):
             ok = False
         else:
             kw["audience"] = tuple(aud)
-    if "leeway" in body:
-        v = ctx.convert(body["leeway"], path + ".leeway", _duration_or_zero)
-        if v is None:
-            ok = False
-        else:
-            kw["leeway"] = v
-    if "jwks_refresh" in body:
-        v = ctx.convert(body["jwks_refresh"], path + ".jwks_refresh", parse_duration)
-        if v is None:
-            ok = False
-        else:
-            kw["jwks_refresh"] = v
+    problems = len(ctx.problems)
+    ctx.put(kw, body, path, "leeway", _duration_or_zero)
+    ctx.put(kw, body, path, "jwks_refresh", parse_duration)
+    ok = ok and len(ctx.problems) == problems
     if "forward_claims" in body:
         fc = body["forward_claims"]
         if not isinstance(fc, dict) or not fc:

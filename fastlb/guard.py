@@ -84,7 +84,7 @@ class Route:
     __slots__ = ("name", "pool", "spec", "guarded", "methods", "allow", "max_body", "reject_dot", "reject_slash",
                  "access", "pre", "post", "policies", "auth", "drop_names", "denied", "auth_rejected")
 
-    def __init__(self, spec, pool, loop=None, authenticator=None):
+    def __init__(self, spec, pool, authenticator=None):
         self.name = spec.name or spec.path_prefix
         self.pool = pool
         self.spec = spec

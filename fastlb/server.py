@@ -60,7 +60,7 @@ class Router:
                 wildcard = host[1:].encode("ascii")  # ".example.com"
                 host = None
             authenticator = auth.build(r.auth, loop) if r.auth is not None else None
-            route = Route(r, pools[r.pool], loop, authenticator)
+            route = Route(r, pools[r.pool], authenticator)
             self.routes.append(route)
             self.table.append((host.encode("ascii") if host else None, wildcard, r.path_prefix.encode("ascii"), route))
         # The common case, one catch-all route, skips all matching.

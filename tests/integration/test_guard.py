@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.integration.conftest import FAST_TIMEOUTS
 from tests.integration.test_observability import parse_samples, scrape, value
+from tests.support.rawclient import send_raw
 from tests.support.wait import wait_for
 
 API_KEY = "k-3f1c9a7e2b"
@@ -50,23 +51,7 @@ def client_from(addr):
     return httpx.Client(transport=httpx.HTTPTransport(local_address=addr), timeout=5)
 
 
-def raw(port, data, source="127.0.0.1", timeout=5.0):
-    """Send ``data`` on a new connection from ``source``; everything until the close."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
-    try:
-        s.sendall(data)
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not chunk:
-                break
-            out += chunk
-        return out
-    finally:
-        s.close()
+raw = send_raw  # bytes out on a new connection from a loopback source, all until the close back
 
 
 def log_lines(path):

@@ -21,6 +21,7 @@ import pytest
 from tests.integration.conftest import FAST_TIMEOUTS, free_port, pool_doc
 from tests.support.backend import BackendServer
 from tests.support.fastlb_proc import FastlbProcess
+from tests.support.rawclient import send_raw
 from tests.support.wait import wait_for
 
 FIELDS = ["time", "client", "method", "path", "status", "bytes_in", "bytes_out", "duration", "pool", "backend",
@@ -407,22 +408,7 @@ def _blackhole():
 
 
 def _send_raw(port, data, read=True, timeout=5):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    try:
-        s.sendall(data)
-        out = b""
-        if read:
-            while True:
-                try:
-                    chunk = s.recv(65536)
-                except (socket.timeout, ConnectionResetError):
-                    break
-                if not chunk:
-                    break
-                out += chunk
-        return out
-    finally:
-        s.close()
+    return send_raw(port, data, read=read, timeout=timeout)
 
 
 def test_every_flag_is_produced_by_a_real_scenario(tmp_path, three):
