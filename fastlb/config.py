@@ -10,9 +10,11 @@ import dataclasses
 import ipaddress
 import json
 import re
+import ssl
 
 import yaml
 
+from . import tls as tlsmod
 from ._core import is_prime
 from .errors import ConfigError
 from .model import (
@@ -30,12 +32,15 @@ from .model import (
     Address,
     AdminSpec,
     BackendSpec,
+    CertificateSpec,
     Config,
     HealthSpec,
     LimitSpec,
     ListenerSpec,
+    ListenerTlsSpec,
     OutlierSpec,
     PoolSpec,
+    PoolTlsSpec,
     RouteSpec,
     TimeoutSpec,
 )
@@ -225,7 +230,7 @@ TRACING_MODES = ("off", "propagate", "start")
 _POOL_KEYS = ("algorithm", "backends", "retries", "hash_key", "hash_balance_factor", "ewma_decay",
               "maglev_table_size", "health_check", "outlier_detection", "slow_start", "retry_non_idempotent",
               "retry_budget", "per_try_timeout", "max_connections", "max_in_flight", "queue_size", "queue_timeout",
-              "panic")
+              "panic", "tls")
 _HEALTH_KEYS = ("type", "interval", "down_interval", "timeout", "rise", "fall", "jitter", "method", "path", "host",
                 "expect_status", "expect_body")
 _OUTLIER_KEYS = ("consecutive_failures", "statuses", "base_ejection_time", "max_ejection_time",
@@ -233,7 +238,12 @@ _OUTLIER_KEYS = ("consecutive_failures", "statuses", "base_ejection_time", "max_
 HASH_KEY_KINDS = ("ip", "path", "header", "cookie", "query")
 _BACKEND_KEYS = ("address", "weight", "max_connections", "max_in_flight")
 _LISTENER_KEYS = ("name", "bind", "routes", "pool", "upgrade_protocols", "trusted_proxies", "proxy_protocol",
-                  "limits")
+                  "limits", "tls", "redirect_https")
+_LISTENER_TLS_KEYS = ("certificates", "min_version", "ciphers", "client_ca", "client_auth", "subject_header", "hsts",
+                      "ticket_rotation", "watch")
+_CERTIFICATE_KEYS = ("cert", "key", "password_file")
+_POOL_TLS_KEYS = ("ca", "server_name", "cert", "key", "verify", "min_version")
+CLIENT_AUTH_MODES = ("none", "optional", "required")
 _ROUTE_KEYS = ("name", "host", "path_prefix", "pool", "access", "rate_limits", "auth", "limits")
 _TIMEOUT_KEYS = tuple(TimeoutSpec.__dataclass_fields__)
 _HEAD_LIMIT_KEYS = ("max_request_line", "max_header_bytes", "max_header_fields")
@@ -465,6 +475,10 @@ def _pools(ctx, value):
             else:
                 retry_kw["panic"] = body["panic"]
         ctx.put(retry_kw, body, path, "per_try_timeout", parse_duration)
+        if "tls" in body:
+            pool_tls = _pool_tls(ctx, body["tls"], path + ".tls")
+            if pool_tls is not None:
+                retry_kw["tls"] = pool_tls
         pools.append(PoolSpec(name=name, backends=tuple(backends), algorithm=algorithm, retries=retries or 0,
                               hash_key=hash_key, hash_balance_factor=factor, ewma_decay=decay,
                               maglev_table_size=table, health=health, outlier=outlier, slow_start=slow_start,
@@ -624,8 +638,28 @@ def _listeners(ctx, value, pool_names, request_limits=None, head_base=None):
                             % head.max_header_bytes)
                 guard["head_limits"] = head
         guard["limits"] = limits
+        if "tls" in lst:
+            listener_tls = _listener_tls(ctx, lst["tls"], path + ".tls")
+            if listener_tls is not None:
+                guard["tls"] = listener_tls
+        redirect = None
+        if "redirect_https" in lst:
+            redirect = lst["redirect_https"]
+            if redirect is True:
+                redirect = 443
+            if isinstance(redirect, bool) or not isinstance(redirect, int) or not 1 <= redirect <= 65535:
+                ctx.err(path + ".redirect_https", "expected true (port 443) or the HTTPS port, got %r" % (redirect,))
+                redirect = None
+            elif "tls" in lst:
+                ctx.err(path + ".redirect_https", "a redirect listener speaks plain HTTP: remove 'tls' here")
+            else:
+                guard["redirect_https"] = redirect
         routes = []
-        if "routes" in lst and "pool" in lst:
+        if redirect is not None or "redirect_https" in lst:
+            if "routes" in lst or "pool" in lst:
+                ctx.err(path + ".redirect_https", "a redirect listener has no routes or pool: it answers every "
+                        "request with a redirect")
+        elif "routes" in lst and "pool" in lst:
             ctx.err(path, "give either 'pool' (one default pool) or 'routes', not both")
         elif "pool" in lst:
             if lst["pool"] not in pool_names:
@@ -844,6 +878,150 @@ def _request_limits(ctx, value, path, base, allowed):
             else:
                 kw[key] = value[key]
     return dataclasses.replace(base, **kw) if kw else base
+
+
+def _tls_version(ctx, body, path):
+    version = body.get("min_version", "1.2")
+    if isinstance(version, float):
+        version = "%.1f" % version  # min_version: 1.2 written unquoted
+    if version not in tlsmod.VERSIONS:
+        ctx.err(path + ".min_version", "expected \"1.2\" or \"1.3\" (TLS 1.0 and 1.1 are not offered), got %r"
+                % (body.get("min_version"),))
+        return None
+    return version
+
+
+def _file_key(ctx, body, path, key):
+    """A path that must name a readable file now; None when absent or bad."""
+    if key not in body:
+        return None
+    return ctx.convert(body[key], "%s.%s" % (path, key), parse_secret_file)
+
+
+def _check_cert(ctx, spec, path):
+    """Read and check a certificate entry now: the error names the file's key."""
+    try:
+        tlsmod.load_certificate(spec)
+    except tlsmod.CertError as exc:
+        ctx.err("%s.%s" % (path, exc.which), str(exc))
+
+
+def _listener_tls(ctx, value, path):
+    """``listeners[i].tls`` -> ListenerTlsSpec (docs/tls.md); certificates are read and checked here."""
+    if ctx.mapping(value, path, _LISTENER_TLS_KEYS, required=("certificates",)) is None:
+        return None
+    n_problems = len(ctx.problems)
+    certs = []
+    raw = value.get("certificates")
+    if not isinstance(raw, list) or not raw:
+        if "certificates" in value:
+            ctx.err(path + ".certificates", "expected a non-empty list of {cert, key}, got %s" % _kind(raw))
+    else:
+        for i, c in enumerate(raw):
+            cpath = "%s.certificates[%d]" % (path, i)
+            if ctx.mapping(c, cpath, _CERTIFICATE_KEYS, required=("cert", "key")) is None:
+                continue
+            files = {k: _file_key(ctx, c, cpath, k) for k in _CERTIFICATE_KEYS}
+            if files["cert"] and files["key"] and (files["password_file"] or "password_file" not in c):
+                spec = CertificateSpec(files["cert"], files["key"], files["password_file"])
+                _check_cert(ctx, spec, cpath)
+                certs.append(spec)
+    kw = {}
+    version = _tls_version(ctx, value, path)
+    if version is not None:
+        kw["min_version"] = version
+    if "ciphers" in value:
+        ciphers = value["ciphers"]
+        try:
+            if not isinstance(ciphers, str) or not ciphers:
+                raise ValueError("expected an OpenSSL cipher list string")
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(ciphers)
+        except (ValueError, ssl.SSLError) as exc:
+            ctx.err(path + ".ciphers", "not a usable OpenSSL cipher list (%s): %r" % (exc, ciphers))
+        else:
+            kw["ciphers"] = ciphers
+    client_ca = _file_key(ctx, value, path, "client_ca")
+    if client_ca:
+        try:
+            tlsmod.load_ca_bundle(client_ca, "client_ca")
+            kw["client_ca"] = client_ca
+        except tlsmod.CertError as exc:
+            ctx.err(path + ".client_ca", str(exc))
+    mode = value.get("client_auth", "none")
+    if mode not in CLIENT_AUTH_MODES:
+        ctx.err(path + ".client_auth", "expected one of %s, got %r" % (", ".join(CLIENT_AUTH_MODES), mode))
+    elif mode != "none" and "client_ca" not in value:
+        ctx.err(path + ".client_auth", "client_auth: %s needs client_ca (the CA client certificates chain to)" % mode)
+    else:
+        kw["client_auth"] = mode
+    if "subject_header" in value:
+        header = value["subject_header"]
+        if not isinstance(header, str) or not _TOKEN.match(header):
+            ctx.err(path + ".subject_header", "expected a header name, got %r" % (header,))
+        elif value.get("client_auth", "none") == "none":
+            ctx.err(path + ".subject_header", "needs client_auth: optional or required (no client certificate "
+                    "is asked for otherwise)")
+        else:
+            kw["subject_header"] = header
+    if "hsts" in value:
+        hsts = value["hsts"]
+        if not isinstance(hsts, str) or not re.match(r"^max-age=\d+(\s*;\s*(includeSubDomains|preload))*$", hsts):
+            ctx.err(path + ".hsts", "expected a Strict-Transport-Security value like \"max-age=31536000; "
+                    "includeSubDomains\", got %r" % (hsts,))
+        else:
+            kw["hsts"] = hsts
+    ctx.put(kw, value, path, "ticket_rotation", parse_duration)
+    if "watch" in value:
+        if not isinstance(value["watch"], bool):
+            ctx.err(path + ".watch", "expected true or false, got %r" % (value["watch"],))
+        else:
+            kw["watch"] = value["watch"]
+    if len(ctx.problems) != n_problems:
+        return None
+    return ListenerTlsSpec(certificates=tuple(certs), **kw)
+
+
+def _pool_tls(ctx, value, path):
+    """``pools.NAME.tls`` -> PoolTlsSpec (docs/tls.md#tls-to-backends)."""
+    if value is True:
+        return PoolTlsSpec()  # "tls: true": the system's CAs, the backend's host name checked
+    if ctx.mapping(value, path, _POOL_TLS_KEYS) is None:
+        return None
+    n_problems = len(ctx.problems)
+    kw = {}
+    ca = _file_key(ctx, value, path, "ca")
+    if ca:
+        try:
+            tlsmod.load_ca_bundle(ca, "ca")
+            kw["ca"] = ca
+        except tlsmod.CertError as exc:
+            ctx.err(path + ".ca", str(exc))
+    if "server_name" in value:
+        name = value["server_name"]
+        if not isinstance(name, str) or not (_HOSTNAME.match(name) or tlsmod.is_ip(name)):
+            ctx.err(path + ".server_name", "expected a host name, got %r" % (name,))
+        else:
+            kw["server_name"] = name.rstrip(".")
+    if ("cert" in value) != ("key" in value):
+        ctx.err(path + (".key" if "cert" in value else ".cert"), "cert and key go together (a client certificate)")
+    cert = _file_key(ctx, value, path, "cert")
+    key = _file_key(ctx, value, path, "key")
+    if cert and key:
+        _check_cert(ctx, CertificateSpec(cert, key), path)
+        kw["cert"], kw["key"] = cert, key
+    if "verify" in value:
+        if not isinstance(value["verify"], bool):
+            ctx.err(path + ".verify", "expected true or false, got %r" % (value["verify"],))
+        else:
+            kw["verify"] = value["verify"]
+            if not value["verify"] and ("ca" in value or "server_name" in value):
+                ctx.err(path + ".verify", "verify: false checks nothing: remove ca/server_name, or verify")
+    version = _tls_version(ctx, value, path)
+    if version is not None:
+        kw["min_version"] = version
+    if len(ctx.problems) != n_problems:
+        return None
+    return PoolTlsSpec(**kw)
 
 
 def _networks(ctx, value, path):

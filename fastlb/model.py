@@ -65,7 +65,7 @@ class HealthSpec:
     jitter: float = 0.1  # each delay varies by +- this fraction
     method: str = "GET"
     path: str = "/"
-    host: str = None  # Host header of the probe (None: the backend's address)
+    host: str = None  # Host header of the probe (None: the pool's tls.server_name, else the backend's address)
     expect_status: tuple = ((200, 399),)  # inclusive ranges of healthy statuses
     expect_body: str = None  # a substring the body must contain (first 64 KiB)
 
@@ -79,6 +79,18 @@ class OutlierSpec:
     base_ejection_time: float = 30.0  # seconds; doubled for each repeated ejection
     max_ejection_time: float = 300.0  # cap of one ejection
     max_ejection_percent: int = 50  # of the pool's backends, ejected at once at most
+
+
+@dataclass(frozen=True)
+class PoolTlsSpec:
+    """TLS to a pool's backends (docs/tls.md#tls-to-backends)."""
+
+    ca: str = None  # CA bundle the backends' certificates must chain to (None: the system's)
+    server_name: str = None  # SNI and the name checked in the certificate (None: the backend's host)
+    cert: str = None  # client certificate (mTLS to the backend), with ``key``
+    key: str = None
+    verify: bool = True  # false: encrypt only, no certificate or name check (warned at start)
+    min_version: str = "1.2"
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,7 @@ class PoolSpec:
     queue_size: int = 100  # requests that may wait for a backend with capacity (0: 503 at once)
     queue_timeout: float = 5.0  # seconds a request may wait in the queue, then 503
     panic: bool = False  # no usable backend: try every backend anyway instead of 503
+    tls: PoolTlsSpec = None  # https backends; None: plain HTTP
 
 
 @dataclass(frozen=True)
@@ -198,6 +211,37 @@ class RouteSpec:
     name: str = None  # the route's label (metrics, access log); config.py fills it in
 
 
+# Mozilla's "intermediate" TLS 1.2 cipher list (ssl-config.mozilla.org, v5.7);
+# TLS 1.3 suites are OpenSSL's defaults, which are the same three.
+INTERMEDIATE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+
+
+@dataclass(frozen=True)
+class CertificateSpec:
+    cert: str  # PEM: the certificate, then its chain
+    key: str  # PEM private key (RSA or ECDSA)
+    password_file: str = None  # the key's passphrase, for an encrypted key
+
+
+@dataclass(frozen=True)
+class ListenerTlsSpec:
+    """HTTPS on a listener (docs/tls.md)."""
+
+    certificates: tuple  # of CertificateSpec, chosen by SNI; the first is the default
+    min_version: str = "1.2"  # "1.2" | "1.3"
+    ciphers: str = INTERMEDIATE_CIPHERS  # TLS 1.2 cipher list (OpenSSL syntax)
+    client_ca: str = None  # CA bundle client certificates are verified against (mTLS)
+    client_auth: str = "none"  # none | optional | required
+    subject_header: str = None  # the verified client subject is forwarded in this header
+    hsts: str = None  # Strict-Transport-Security value added to every response (e.g. "max-age=31536000")
+    ticket_rotation: float = 43200.0  # seconds: session-ticket keys are replaced this often
+    watch: bool = True  # reload when a certificate or key file changes (SIGHUP always reloads)
+
+
 @dataclass(frozen=True)
 class ListenerSpec:
     name: str
@@ -211,6 +255,8 @@ class ListenerSpec:
     limits: RequestLimitSpec = None  # the global limits with this listener's keys on top
     head_limits: "LimitSpec" = None  # max_request_line / header bytes / fields here (None: global)
     max_connections_per_client: int = 0  # open connections per client address; 0 = no cap
+    tls: ListenerTlsSpec = None  # HTTPS; None: plain HTTP
+    redirect_https: int = None  # answer every request with 308 to https on this port (no routes)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Leaves first: errors <- model <- config; _core <- http kernels, balancer;
 counters (a leaf) <- balancer, health, proxy; clientaddr, proxyproto (stdlib
 leaves), auth <- guard <- proxy; metrics, stats, accesslog (renderers,
-read on scrape or tick) <- admin, server; metrics/upstream/downstream <- proxy <- server <- cli. _core and balancer are
+read on scrape or tick) <- admin, server; metrics/upstream/downstream <- proxy <- server <- cli;
+tls (model, cryptography, ssl) <- config, upstream, health, server; devcert stands alone. _core and balancer are
 sans-IO: they never import asyncio, ssl or time (time is passed in).
 """
 
@@ -50,6 +51,14 @@ FORBIDDEN = {
              "metrics", "stats", "accesslog", "guard", "clientaddr"},
     "guard": {"config", "balancer", "health", "proxy", "server", "cli", "upstream", "downstream", "admin",
               "metrics", "stats", "accesslog"},
+    # TLS: tls.py reads certificate files and builds ssl contexts from the validated
+    # model (config checks files through it; server, upstream and health use its
+    # contexts); devcert (``fastlb cert``) stands alone
+    "tls": {"config", "balancer", "health", "proxy", "server", "cli", "upstream", "downstream", "admin", "metrics",
+            "stats", "accesslog", "guard", "auth", "clientaddr", "proxyproto", "http1", "_core", "counters"},
+    "devcert": {"errors", "model", "config", "balancer", "health", "proxy", "server", "cli", "upstream",
+                "downstream", "admin", "metrics", "stats", "accesslog", "guard", "auth", "clientaddr", "proxyproto",
+                "http1", "_core", "counters", "tls"},
 }
 SANS_IO = {"asyncio", "ssl", "time", "socket", "selectors"}
 
