@@ -72,7 +72,7 @@ class Backend:
         "last_check", "last_check_ok", "last_check_detail",
         "consecutive_failures", "ejections", "ejected_until", "last_ejection", "ejections_refused",
         "requests_total", "failures_total", "idle", "addr", "limit", "max_connections", "conns_open",
-        "responses", "errors", "duration", "connect_time", "response_time", "ejections_total",
+        "responses", "errors", "duration", "connect_time", "response_time", "ejections_total", "tls_failures",
     )
 
     def __init__(self, index, host, port, weight, pool_name, state="up", now=0.0, max_connections=0,
@@ -124,6 +124,8 @@ class Backend:
         # failure kind -> ejections (never reset, unlike ``ejections``); every kind from
         # the start, so that increase() sees a backend's first ejection
         self.ejections_total = dict.fromkeys(EJECTION_REASONS, 0)
+        # TLS to the backend (https pools): failed handshakes by reason, upstream.TLS_FAILURE_REASONS
+        self.tls_failures = {}
 
 
 # Why a request was sent again (Pool.retries_total keys; docs/health.md).
@@ -144,6 +146,7 @@ class Pool:
         "active", "retries_in_flight", "retries_total", "retry_budget_refused",
         "limited", "queue", "queue_size", "queue_timeout", "queue_full_total", "queue_timeouts_total", "queued_total",
         "panic", "panic_total", "unavailable_total", "queue_wait_seconds_total", "queue_wait",
+        "tls_context", "tls_server_name",
     )
 
     def __init__(self, spec, seed=0, now=0.0):
@@ -197,6 +200,10 @@ class Pool:
         self.key_kind = _KEY_KINDS.get(kind, KEY_NONE)
         self.key_name = name.encode("ascii")
         self.measure_latency = spec.algorithm == "ewma"
+        # https pools (spec.tls): the client ssl.SSLContext and the name checked in the
+        # backends' certificates (None: each backend's host), set by upstream.prepare_tls
+        self.tls_context = None
+        self.tls_server_name = None
         self._spec = spec
         self._seed = seed
         self._build()

@@ -1,4 +1,4 @@
-"""The ``fastlb`` command: run, check, explain, simulate, demo, version.
+"""The ``fastlb`` command: run, check, explain, simulate, demo, cert, version.
 
 Exit codes: 0 ok (and after a graceful drain), 1 runtime failure (e.g. a port
 already in use), 2 invalid configuration or command line.
@@ -6,6 +6,7 @@ already in use), 2 invalid configuration or command line.
 
 import argparse
 import logging
+import re
 import sys
 
 from . import _core, config as configmod
@@ -47,19 +48,46 @@ def _parser():
                      help="quick mode: failing checks in a row that take a backend down (default 3)")
     run.add_argument("--access-log", metavar="PATH", default=None,
                      help="quick mode: write an access log (JSON lines) to PATH, or - for stdout")
+    run.add_argument("--tls-cert", metavar="FILE", action="append", default=[],
+                     help="quick mode: serve HTTPS with this PEM certificate (repeatable, with --tls-key; "
+                          "chosen by SNI, the first is the default)")
+    run.add_argument("--tls-key", metavar="FILE", action="append", default=[],
+                     help="quick mode: the private key of the --tls-cert at the same position")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     chk = sub.add_parser("check", help="validate a configuration file")
     chk.add_argument("-c", "--config", metavar="FILE", required=True)
 
     demo = sub.add_parser("demo", help="three built-in backends behind fastlb on 127.0.0.1:8080")
-    demo.add_argument("--port", type=int, default=8080, help="balancer port (default 8080)")
+    demo.add_argument("--port", type=int, default=None, help="balancer port (default 8080, 8443 with --tls)")
+    demo.add_argument("--tls", action="store_true",
+                      help="serve HTTPS with a development certificate for localhost (fastlb cert) and "
+                           "redirect http://127.0.0.1:8080 to it")
+    demo.add_argument("--redirect-port", type=int, default=8080,
+                      help="with --tls: the plain-HTTP port that redirects to HTTPS (default 8080, 0: none)")
     demo.add_argument("--admin-port", type=int, default=8081, help="admin API port (default 8081)")
     demo.add_argument("--backend-port", type=int, default=9001,
                       help="first demo backend port; the three use this and the next two (default 9001)")
     demo.add_argument("--no-traffic", action="store_true",
                       help="do not send the demo's own background traffic (about 20 requests/s)")
     demo.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    cert = sub.add_parser(
+        "cert", help="issue a development TLS certificate signed by a local CA (like mkcert)",
+        description="Create a local certificate authority on first use (reused afterwards) and a server "
+                    "certificate signed by it for the given names. For development only: the CA is not "
+                    "installed into any trust store and its key never leaves --dir; point clients at "
+                    "fastlb-ca.pem explicitly (curl --cacert, httpx verify=).")
+    cert.add_argument("names", nargs="+", metavar="NAME",
+                      help="DNS names, wildcards and IP addresses, e.g. localhost 127.0.0.1 api.test '*.api.test'")
+    cert.add_argument("--dir", metavar="DIR", default=None,
+                      help="where the CA and certificates live (default $FASTLB_CERT_DIR, else "
+                           "$XDG_DATA_HOME/fastlb/certs, else ~/.local/share/fastlb/certs)")
+    cert.add_argument("--rsa", action="store_true", help="RSA 2048 keys instead of ECDSA P-256")
+    cert.add_argument("--days", metavar="N", type=int, default=825,
+                      help="certificate validity in days (default 825)")
+    cert.add_argument("--cert-file", metavar="FILE", help="certificate path (default DIR/<first name>.pem)")
+    cert.add_argument("--key-file", metavar="FILE", help="key path (default DIR/<first name>-key.pem)")
 
     exp = sub.add_parser("explain", help="which backend a request would get, and why (dry run)")
     exp.add_argument("-c", "--config", metavar="FILE", required=True)
@@ -80,7 +108,8 @@ def _parser():
 
 
 def quick_config(listen, backends, algorithm=None, admin=None, hash_key=None, health_path=None,
-                 health_interval=None, health_rise=None, health_fall=None, access_log=None):
+                 health_interval=None, health_rise=None, health_fall=None, access_log=None, tls_certs=(),
+                 tls_keys=()):
     """The configuration document that ``run --listen/--backend`` flags describe."""
     pool = {"backends": []}
     if algorithm is not None:
@@ -113,9 +142,16 @@ def quick_config(listen, backends, algorithm=None, admin=None, hash_key=None, he
             else:
                 problems.append(("--backend %s" % text, "expected HOST:PORT[,weight=N], got parameter %r" % param))
         pool["backends"].append(entry)
+    if len(tls_certs) != len(tls_keys):
+        problems.append(("--tls-key" if len(tls_certs) > len(tls_keys) else "--tls-cert",
+                         "give one --tls-key for each --tls-cert, in the same order (%d certificate(s), %d key(s))"
+                         % (len(tls_certs), len(tls_keys))))
     if problems:
         raise ConfigError(problems)
-    doc = {"listeners": [{"name": "quick", "bind": listen, "pool": "default"}], "pools": {"default": pool}}
+    listener = {"name": "quick", "bind": listen, "pool": "default"}
+    if tls_certs:
+        listener["tls"] = {"certificates": [{"cert": c, "key": k} for c, k in zip(tls_certs, tls_keys)]}
+    doc = {"listeners": [listener], "pools": {"default": pool}}
     if admin:
         doc["admin"] = {"bind": admin}
     if access_log is not None:
@@ -135,12 +171,19 @@ _FLAG_PATHS = (
     ("pools.default.health_check.rise", "--health-rise"),
     ("pools.default.health_check.fall", "--health-fall"),
     ("access_log.path", "--access-log"),
+    ("listeners[0].tls", "--tls-cert"),
 )
+# A quick-mode certificate problem names the flag of the file at fault.
+_TLS_FLAG = re.compile(r"^listeners\[0\]\.tls\.certificates\[\d+\]\.(cert|key|password_file)$")
 
 
 def _flag_problems(err):
     out = []
     for path, msg in err.problems:
+        m = _TLS_FLAG.match(path)
+        if m:
+            out.append(("--tls-key" if m.group(1) == "key" else "--tls-cert", msg))
+            continue
         for prefix, flag in _FLAG_PATHS:
             if path.startswith(prefix):
                 path = flag + path[len(prefix):]
@@ -149,11 +192,23 @@ def _flag_problems(err):
     return ConfigError(out)
 
 
+def _certificate_warnings(cfg):
+    """Certificates that expire within 14 days (or are not valid yet): the check passes, with a warning."""
+    from . import tls as tlsmod
+
+    out = []
+    for i, lst in enumerate(cfg.listeners):
+        for j, c in enumerate(lst.tls.certificates if lst.tls else ()):
+            for msg in tlsmod.expiry_warnings(tlsmod.load_certificate(c)):
+                out.append("listeners[%d].tls.certificates[%d]: %s" % (i, j, msg))
+    return out
+
+
 def _load(args):
     if args.config:
         if args.listen or args.backend or args.admin or args.algorithm or args.hash_key or args.health_path \
                 or args.health_interval or args.health_rise is not None or args.health_fall is not None \
-                or args.access_log is not None:
+                or args.access_log is not None or args.tls_cert or args.tls_key:
             raise ConfigError(("", "give either -c FILE or the quick-mode flags (--listen/--backend/...), not both"))
         return configmod.load_file(args.config)
     if not args.listen or not args.backend:
@@ -161,7 +216,7 @@ def _load(args):
     try:
         return configmod.from_dict(quick_config(args.listen, args.backend, args.algorithm, args.admin, args.hash_key,
                                                 args.health_path, args.health_interval, args.health_rise,
-                                                args.health_fall, args.access_log))
+                                                args.health_fall, args.access_log, args.tls_cert, args.tls_key))
     except ConfigError as err:
         raise _flag_problems(err) from None
 
@@ -256,6 +311,8 @@ def main(argv=None):
             return 2
         print("%s: OK (%d listener(s), %d pool(s), %d backend(s))" % (
             args.config, len(cfg.listeners), len(cfg.pools), sum(len(p.backends) for p in cfg.pools)))
+        for line in _certificate_warnings(cfg):
+            print("warning: " + line)
         return 0
     if args.command == "explain":
         return explain_main(args)
@@ -263,11 +320,43 @@ def main(argv=None):
         from .simulate import run_command as simulate_main
 
         return simulate_main(args)
+    if args.command == "cert":
+        from . import devcert
+
+        directory = args.dir or devcert.default_directory()
+        try:
+            names = [str(n.value) for n in devcert.validate_names(args.names)]
+            if args.days < 1:
+                raise ValueError("--days must be at least 1, got %d" % args.days)
+            ca_path, _, created = devcert.ensure_ca(directory, rsa=args.rsa)
+            cert_path, key_path = devcert.issue(directory, args.names, rsa=args.rsa, days=args.days,
+                                                out_cert=args.cert_file, out_key=args.key_file)
+        except ValueError as exc:
+            print("fastlb cert: %s" % exc, file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print("fastlb cert: %s" % exc, file=sys.stderr)
+            return 1
+        print("%s: %s" % ("created a new local CA" if created else "using the local CA", ca_path))
+        print("certificate for %s: %s" % (", ".join(names), cert_path))
+        print("key: %s" % key_path)
+        if "localhost" in names or "127.0.0.1" in names:
+            host, resolve = ("localhost" if "localhost" in names else "127.0.0.1"), ""
+        else:  # another name reaches the 127.0.0.1 listener through curl --resolve
+            host = names[0].replace("*", "www", 1)
+            resolve = "--resolve %s:8443:127.0.0.1 " % host
+        print("try it:  fastlb run --listen 127.0.0.1:8443 --backend 127.0.0.1:9001 --tls-cert %s --tls-key %s"
+              % (cert_path, key_path))
+        print("         curl %s--cacert %s https://%s:8443/"
+              % (resolve, ca_path, "[%s]" % host if ":" in host else host))
+        return 0
     _setup_logging(args.log_level)
     if args.command == "demo":
         from .demo import run_demo
 
-        return run_demo(args.port, args.admin_port, args.backend_port, traffic=not args.no_traffic)
+        port = args.port if args.port is not None else (8443 if args.tls else 8080)
+        return run_demo(port, args.admin_port, args.backend_port, traffic=not args.no_traffic, tls=args.tls,
+                        redirect_port=args.redirect_port)
     try:
         cfg = _load(args)
     except ConfigError as err:

@@ -6,6 +6,11 @@ The demo backends are tiny h11 servers answering JSON that names the backend, so
 a little traffic of its own through the balancer (DEMO_RATE requests a second, one
 in fifty to an endpoint that answers 500), so the dashboard moves the moment it
 opens; ``--no-traffic`` turns it off. Ctrl-C (SIGINT) or SIGTERM stops everything.
+
+``--tls`` serves the balancer over HTTPS with a certificate for localhost and
+127.0.0.1 from the local development CA (devcert.py, ``fastlb cert``), its own
+traffic going through TLS too, HSTS on, and a plain-HTTP listener on
+``--redirect-port`` (8080) answering with a redirect to it.
 """
 
 import asyncio
@@ -93,9 +98,18 @@ DEMO_DELAYS = (0.001, 0.005, 0.015)  # seconds, per demo backend
 DEMO_RATE = 20  # requests a second the demo sends itself
 
 
-def demo_config(port, admin_port, backend_port):
+def demo_config(port, admin_port, backend_port, tls=None, redirect_port=None):
+    """``tls``: (cert, key) files: the balancer speaks HTTPS, and ``redirect_port``
+    (when given) answers plain HTTP with a redirect to it."""
+    listener = {"name": "demo", "bind": "127.0.0.1:%d" % port, "pool": "demo"}
+    listeners = [listener]
+    if tls is not None:
+        listener["tls"] = {"certificates": [{"cert": tls[0], "key": tls[1]}], "hsts": "max-age=300"}
+        if redirect_port is not None:
+            listeners.append({"name": "demo-redirect", "bind": "127.0.0.1:%d" % redirect_port,
+                              "redirect_https": port})
     return configmod.from_dict({
-        "listeners": [{"name": "demo", "bind": "127.0.0.1:%d" % port, "pool": "demo"}],
+        "listeners": listeners,
         "pools": {"demo": {"algorithm": "round_robin", "backends": [
             {"address": "127.0.0.1:%d" % (backend_port + i), "weight": w} for i, w in enumerate((2, 1, 1))],
             "health_check": {"path": "/healthz", "interval": "1s", "rise": 2, "fall": 2}}},
@@ -103,7 +117,7 @@ def demo_config(port, admin_port, backend_port):
     })
 
 
-async def demo_traffic(port, pool, rate=DEMO_RATE):
+async def demo_traffic(port, pool, rate=DEMO_RATE, ssl_context=None):
     """A few requests a second through the balancer on one kept-alive connection
     (reconnecting after any error), so the dashboard has something to show; from
     the moment the pool's first backend passed its check."""
@@ -112,7 +126,8 @@ async def demo_traffic(port, pool, rate=DEMO_RATE):
     n = 0
     while True:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ssl_context, server_hostname="localhost" if ssl_context else None)
         except OSError:
             await asyncio.sleep(1)
             continue
@@ -141,10 +156,49 @@ async def demo_traffic(port, pool, rate=DEMO_RATE):
             writer.close()
 
 
-def run_demo(port=8080, admin_port=8081, backend_port=9001, traffic=True):
+def _bindable(port):
+    import socket
+
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def run_demo(port=8080, admin_port=8081, backend_port=9001, traffic=True, tls=False, redirect_port=8080):
     from .server import run
 
-    cfg = demo_config(port, admin_port, backend_port)
+    client_tls = None
+    scheme = "http"
+    curl = "curl -s"
+    if tls:
+        import ssl
+
+        from . import devcert
+
+        directory = devcert.default_directory()
+        ca, _, created = devcert.ensure_ca(directory)
+        cert, key = devcert.issue(directory, ["localhost", "127.0.0.1"])
+        print("%s %s; certificate for localhost and 127.0.0.1: %s" % (
+            "created a local development CA:" if created else "local development CA:", ca, cert), flush=True)
+        client_tls = ssl.create_default_context(cafile=ca)
+        scheme = "https"
+        curl = "curl -s --cacert %s" % ca
+        # http://...:8080 answers with a redirect to the HTTPS port, unless that port is
+        # one of the demo's own or already taken (then there is no redirect listener)
+        if not redirect_port or redirect_port in (port, admin_port, backend_port, backend_port + 1,
+                                                  backend_port + 2) or not _bindable(redirect_port):
+            redirect_port = None
+        cfg = demo_config(port, admin_port, backend_port, (cert, key), redirect_port)
+    else:
+        redirect_port = None
+        cfg = demo_config(port, admin_port, backend_port)
+    host = "localhost" if tls else "127.0.0.1"
     backends = []
     failed = []
     tasks = []
@@ -174,14 +228,18 @@ def run_demo(port=8080, admin_port=8081, backend_port=9001, traffic=True):
                 print("the demo sends about %d requests a second of its own through the balancer (one in 50 "
                       "answers 500), so the dashboard moves at once; --no-traffic turns that off" % DEMO_RATE,
                       flush=True)
-                tasks.append(server.loop.create_task(demo_traffic(port, server.pools["demo"])))
+                tasks.append(server.loop.create_task(demo_traffic(port, server.pools["demo"], ssl_context=client_tls)))
+            base = "%s://%s:%d" % (scheme, host, port)
             print("try:\n"
-                  "  curl -s http://127.0.0.1:%d/hello\n"
-                  "  for i in 1 2 3 4; do curl -s http://127.0.0.1:%d/; done\n"
-                  "  curl -s -X POST -d '{\"x\": 1}' http://127.0.0.1:%d/orders\n"
+                  "  %s %s/hello\n"
+                  "  for i in 1 2 3 4; do %s %s/; done\n"
+                  "  %s -X POST -d '{\"x\": 1}' %s/orders\n"
                   "  curl -s http://127.0.0.1:%d/api/v1/pools\n"
-                  "  curl -s http://127.0.0.1:%d/metrics\n"
-                  "Ctrl-C stops everything." % (port, port, port, admin_port, admin_port), flush=True)
+                  "  curl -s http://127.0.0.1:%d/metrics" % (curl, base, curl, base, curl, base, admin_port, admin_port),
+                  flush=True)
+            if redirect_port is not None:
+                print("  curl -si http://localhost:%d/hello   (308 to %s/hello)" % (redirect_port, base), flush=True)
+            print("Ctrl-C stops everything.", flush=True)
 
         server.loop.create_task(start_backends())
 

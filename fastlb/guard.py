@@ -84,7 +84,7 @@ class Route:
     __slots__ = ("name", "pool", "spec", "guarded", "methods", "allow", "max_body", "reject_dot", "reject_slash",
                  "access", "pre", "post", "policies", "auth", "drop_names", "denied", "auth_rejected")
 
-    def __init__(self, spec, pool, authenticator=None):
+    def __init__(self, spec, pool, authenticator=None, drop_names=()):
         self.name = spec.name or spec.path_prefix
         self.pool = pool
         self.spec = spec
@@ -103,8 +103,9 @@ class Route:
         self.post = tuple(p for p in self.policies if p.kind in (K_API_KEY, K_JWT))
         self.auth = authenticator
         # fields removed from every request of the route before it is forwarded: the
-        # credential (unless forward_credential) and the headers fastlb sets from claims
-        names = []
+        # credential (unless forward_credential), the headers fastlb sets from claims,
+        # and the listener's (its mTLS subject header)
+        names = list(drop_names)
         if authenticator is not None:
             names.extend(authenticator.strip)
             names.extend(h for _, h in authenticator.claim_headers)

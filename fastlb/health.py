@@ -45,14 +45,20 @@ Active checks (``Prober``, the only asyncio part): one task per checked backend,
 at most one probe in flight per backend, each probe its own connection (never
 the request keep-alive pool), a hard timeout, HTTP through h11 or a plain TCP
 connect. One prober per fastlb instance: the server owns it (worker processes,
-step 8, will receive states, not probe).
+step 8, will receive states, not probe). A pool with ``tls`` (https backends) is
+probed over TLS with the pool's own context and server name (``Pool.tls_context``,
+``Pool.tls_server_name``): a ``tcp`` check then passes only once the handshake,
+certificate check included, is done, and a failed one is the check's detail.
 """
 
 import asyncio
+import functools
 import logging
 import random
 
 import h11
+
+from .tls import describe_tls_error
 
 __all__ = [
     "CHECKING", "UP", "SLOW_START", "DOWN", "EJECTED", "DRAINING", "DISABLED", "STATES", "EVENTS",
@@ -292,17 +298,24 @@ def _verdict(spec, status, body):
     return True, "status %d" % status
 
 
-async def probe(loop, spec, host, port, host_header):
+async def probe(loop, spec, host, port, host_header, ssl_context=None, server_name=None):
     """One active check of ``host:port``: (ok, detail). Never raises; the whole
-    probe (connect, request, response) is bounded by ``spec.timeout``."""
+    probe (connect, TLS handshake, request, response) is bounded by ``spec.timeout``.
+    ``ssl_context``: speak TLS (an https pool), checking ``server_name`` (also its SNI)."""
     done = loop.create_future()
     held = []  # the transport, once connected, so that it is closed on every exit
 
     async def run():
-        transport, _ = await loop.create_connection(lambda: _ProbeProtocol(done, spec), host, port)
+        factory = functools.partial(_ProbeProtocol, done, spec)
+        if ssl_context is None:
+            transport, _ = await loop.create_connection(factory, host, port)
+        else:
+            transport, _ = await loop.create_connection(factory, host, port, ssl=ssl_context,
+                                                        server_hostname=server_name or host,
+                                                        ssl_handshake_timeout=spec.timeout)
         held.append(transport)
         if spec.kind == "tcp":
-            return True, "connected"
+            return True, "connected" if ssl_context is None else "connected, TLS handshake done"
         head = "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: fastlb-health\r\nConnection: close\r\n\r\n" % (
             spec.method, spec.path, spec.host or host_header)
         transport.write(head.encode("latin-1"))
@@ -313,6 +326,10 @@ async def probe(loop, spec, host, port, host_header):
     except asyncio.TimeoutError:
         return False, "timed out after %gs" % spec.timeout
     except OSError as exc:
+        if ssl_context is not None:
+            kind, detail = describe_tls_error(exc)
+            if kind is not None:
+                return False, "TLS handshake failed: %s (server_name %s)" % (detail, server_name or host)
         return False, "connect failed: %s" % (exc.strerror or exc)
     finally:
         for transport in held:
@@ -352,7 +369,11 @@ class Prober:
         await asyncio.sleep(self.rng.uniform(0, min(0.05, spec.interval / 10)))
         while True:
             if backend.state not in (DRAINING, DISABLED):
-                ok, detail = await probe(loop, spec, backend.addr, backend.port, backend.address)
+                # an https pool: the pool's TLS context, its server name checked (else the
+                # backend's configured host), and that name as the probe's Host too
+                name = pool.tls_server_name
+                ok, detail = await probe(loop, spec, backend.addr, backend.port, name or backend.address,
+                                         pool.tls_context, name or backend.host)
                 try:
                     check_result(pool, backend, ok, loop.time(), detail)
                 except Exception:  # one backend's bug must not stop the others' checks

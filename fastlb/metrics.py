@@ -59,6 +59,15 @@ FAMILIES = {
     "fastlb_requests_denied_total": ("counter", ("route", "reason"),
                                      "Requests (or connections) refused by the entry guard, by reason; route is "
                                      "empty before a route is known."),
+    "fastlb_tls_certificate_expiry_seconds": ("gauge", ("listener", "name"),
+                                              "Unix time at which a listener's certificate expires (its notAfter)."),
+    "fastlb_tls_handshakes_total": ("counter", ("listener",), "TLS handshakes completed on the listener."),
+    "fastlb_tls_handshake_failures_total": ("counter", ("listener", "reason"),
+                                            "TLS handshakes that failed on the listener, by reason."),
+    "fastlb_tls_certificate_reloads_total": ("counter", ("listener", "result"),
+                                             "Certificate reloads (file change, SIGHUP, ticket rotation), by result."),
+    "fastlb_upstream_tls_failures_total": ("counter", B + ("reason",),
+                                           "TLS handshakes to a backend that failed, by reason (https pools)."),
     "fastlb_config_reloads_total": ("counter", ("result",), "Configuration reloads, by result."),
     "fastlb_access_log_dropped_lines_total": ("counter", (),
                                               "Access-log lines lost: the writer was stuck or a write failed."),
@@ -74,6 +83,7 @@ GAUGE_MERGE = {
     "fastlb_backend_weight": "max",
     "fastlb_backend_in_flight": "sum",
     "fastlb_connections_active": "sum",
+    "fastlb_tls_certificate_expiry_seconds": "max",
 }
 
 HEALTH_RESULTS = ("passed", "failed")
@@ -105,6 +115,8 @@ def snapshot(server, now):
             ejections = fam["fastlb_backend_ejections_total"]
             for reason, n in b.ejections_total.items():
                 ejections[key + (reason,)] = n
+            for reason, n in b.tls_failures.items():
+                fam["fastlb_upstream_tls_failures_total"][key + (reason,)] = n
         for reason, n in pool.retries_total.items():
             fam["fastlb_retries_total"][(pn, reason)] = n
         fam["fastlb_queue_wait_seconds"][(pn,)] = (list(pool.queue_wait.counts), pool.queue_wait.sum)
@@ -119,6 +131,15 @@ def snapshot(server, now):
         for (status, flag), n in rt.generated.items():
             key = (str(status), FLAG_NAMES[flag] or "other")
             generated[key] = generated.get(key, 0) + n
+        tls = rt.tls
+        if tls is not None:
+            for c in tls.current.certs:
+                fam["fastlb_tls_certificate_expiry_seconds"][(ln, c.name)] = c.not_after.timestamp()
+            fam["fastlb_tls_handshakes_total"][(ln,)] = tls.handshakes
+            for reason, n in tls.failures.items():
+                fam["fastlb_tls_handshake_failures_total"][(ln, reason)] = n
+            for result, n in tls.reloads.items():
+                fam["fastlb_tls_certificate_reloads_total"][(ln, result)] = n
         denied = fam["fastlb_requests_denied_total"]
         for reason, n in rt.denied.items():
             denied[("", reason)] = denied.get(("", reason), 0) + n

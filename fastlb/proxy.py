@@ -55,7 +55,7 @@ from .errors import REASONS
 from .health import report_failure, report_success
 from .http1 import (
     COMPLETE, CUT, R_BODY, R_HEAD, R_NONE, REFUSED, Exchange, accepted_upgrade, cookie_value, error_response,
-    new_traceparent, path_of, query_param, upgrade_offer, valid_traceparent,
+    new_traceparent, path_of, query_param, split_host, upgrade_offer, valid_traceparent,
 )
 from .upstream import BackendSession, dispatch
 
@@ -95,7 +95,7 @@ class ProxyConnection(ClientConnection):
     __slots__ = ("scanner", "rscanner", "buf", "rbuf", "state", "ex", "session", "in_heads", "tunnel_eofs",
                  "t_start", "flag", "sent0", "req_in", "trace", "route_pool",
                  "addr", "route", "head_len", "pending", "tight", "pp_done", "peer_trusted", "counted", "over_cap",
-                 "auth_memo")
+                 "auth_memo", "tls_extra")
 
     def __init__(self, listener):
         ClientConnection.__init__(self, listener)
@@ -127,10 +127,13 @@ class ProxyConnection(ClientConnection):
         self.counted = False  # counted in listener.per_client (max_connections_per_client)
         self.over_cap = False  # opened beyond max_connections_per_client: its first request gets 429
         self.auth_memo = None  # (route, API key header value, passed verdict) of this connection's last request
+        self.tls_extra = b""  # TLS listener with subject_header: the verified client subject's header line
 
     # ------------------------------------------------------------------ events
     def on_connect(self):
         listener = self.listener
+        if listener.tls is not None and listener.tls.subject_header is not None:
+            self.tls_extra = listener.tls.subject_line(self.transport.get_extra_info("ssl_object"))
         if self.pp_done:
             self._admit()
             listener.wheel.arm(self.timer, T_IDLE, listener.loop.time() + listener.timeouts.client_idle)
@@ -221,6 +224,12 @@ class ProxyConnection(ClientConnection):
             self.flow.pause(PAUSE_PIPELINE)
 
     def eof_received(self):
+        keep = self._client_eof()
+        # over TLS the close_notify ends the connection whatever is returned (uvloop
+        # warns about True): what is already written is flushed, then it closes
+        return keep and self.listener.tls is None
+
+    def _client_eof(self):
         self.client_eof = True
         if self.phase != OPEN:
             return False  # the lingering close is over
@@ -439,7 +448,10 @@ class ProxyConnection(ClientConnection):
         upgrade = None
         if sc.upgrade:
             upgrade = upgrade_offer(sc.header_value(self.buf, b"upgrade") or b"", listener.upgrade_protocols)
-        self.ex = Exchange(method, target, sc.http_minor, sc.keep_alive, upgrade, rid, sc.chunked, sc.content_length)
+        ex = self.ex = Exchange(method, target, sc.http_minor, sc.keep_alive, upgrade, rid, sc.chunked,
+                                sc.content_length)
+        if listener.hsts:
+            ex.resp_extra = listener.hsts  # every response of a TLS listener with tls.hsts, fastlb's own too
         self.addr = self.client_ip
         if self.peer_trusted:
             self.addr = self._forwarded_client()
@@ -449,6 +461,11 @@ class ProxyConnection(ClientConnection):
             self.route = self.route_pool = None
             del self.buf[:n]
             self._refuse_early(405, "CONNECT is not supported by a reverse proxy", F_METHOD)
+            return
+        if listener.redirect is not None:
+            self.route = self.route_pool = None
+            del self.buf[:n]
+            self._redirect_https(sc.host, target)
             return
         route = listener.route(sc.host, target)
         self.route = route
@@ -581,12 +598,14 @@ class ProxyConnection(ClientConnection):
         upgrade = ex.upgrade
         key = self._request_key(pool) if pool.key_kind != KEY_NONE else None
         if self.tight is not None:
-            ex.resp_extra = ratelimit_headers(self.tight)
+            ex.resp_extra += ratelimit_headers(self.tight)
 
         # the rebuilt head, kept by the session until the first backend write (retries resend it)
         trusted = self.peer_trusted
         if trusted and sc.header_value(self.buf, b"x-forwarded-proto") is not None:
-            extra = b""  # the trusted proxy's X-Forwarded-Proto goes on
+            extra = self.tls_extra  # the trusted proxy's X-Forwarded-Proto goes on
+        elif self.tls_extra:
+            extra = listener.extra_proto + self.tls_extra
         else:
             extra = listener.extra_proto
         if sc.request_id is None:
@@ -982,6 +1001,22 @@ class ProxyConnection(ClientConnection):
                     ex.request_id.decode("latin-1"))
         keep = ex.keep_client(self.listener.draining)
         self._write_error(status, reason, not keep, flag, extra)
+        self._end_exchange(NEXT if keep else CLOSE, abort=True)
+
+    def _redirect_https(self, host, target):
+        """A ``redirect_https`` listener: 308 to the same host and target over https
+        (308 keeps the method and body, unlike 301)."""
+        if not host:
+            self._refuse_early(400, "a request to an https redirect listener needs a Host header", F_PARSE_ERROR)
+            return
+        name = split_host(host)
+        port = self.listener.redirect
+        location = b"https://" + name + (b"" if port == 443 else b":%d" % port) + path_of(target)
+        self.ex.fail(308)
+        self.flag = F_NONE
+        keep = self.ex.keep_client(self.listener.draining)
+        self._write_error(308, "this service is served over https: " + location.decode("latin-1"), not keep,
+                          F_NONE, b"Location: " + location + CRLF)
         self._end_exchange(NEXT if keep else CLOSE, abort=True)
 
     def _refuse_early(self, status, reason, flag, extra=b""):

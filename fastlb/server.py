@@ -26,6 +26,7 @@ import time
 
 from . import _core, auth, health
 from ._version import __version__
+from .errors import ConfigError
 from .accesslog import AccessLog
 from .balancer import Pool
 from .clientaddr import AddressSet
@@ -35,7 +36,8 @@ from .model import ObservabilitySpec
 from .proxy import HEAD, ProxyConnection
 from .stats import StatsSampler
 from .timers import Wheel
-from .upstream import dispatch, is_ip, resolve_backends, sweep_idle
+from .tls import CertError, ListenerTls
+from .upstream import dispatch, is_ip, prepare_tls, resolve_backends, sweep_idle
 
 log = logging.getLogger("fastlb")
 
@@ -50,7 +52,7 @@ class Router:
 
     __slots__ = ("routes", "only", "table")
 
-    def __init__(self, route_specs, pools, loop=None):
+    def __init__(self, route_specs, pools, loop=None, drop_names=()):
         self.routes = []
         self.table = []
         for r in route_specs:
@@ -60,7 +62,7 @@ class Router:
                 wildcard = host[1:].encode("ascii")  # ".example.com"
                 host = None
             authenticator = auth.build(r.auth, loop) if r.auth is not None else None
-            route = Route(r, pools[r.pool], authenticator)
+            route = Route(r, pools[r.pool], authenticator, drop_names)
             self.routes.append(route)
             self.table.append((host.encode("ascii") if host else None, wildcard, r.path_prefix.encode("ascii"), route))
         # The common case, one catch-all route, skips all matching.
@@ -92,17 +94,35 @@ class ListenerRuntime:
         "connections_total", "bytes_received", "bytes_sent", "generated", "requests_total",
         "access_log", "metrics", "observe", "trace_mode",
         "trusted", "proxy_protocol", "max_per_client", "per_client", "denied",
+        "tls", "hsts", "redirect", "tls_rotated",
     )
 
-    def __init__(self, spec, loop, pools, timeouts, limits, wheel, observability=None, access_log=None):
+    def __init__(self, spec, loop, pools, timeouts, limits, wheel, observability=None, access_log=None,
+                 path="listeners[0]"):
         self.spec = spec
         self.loop = loop
-        self.router = Router(spec.routes, pools, loop)
+        # TLS (docs/tls.md): the certificates are read and checked here (a CertError
+        # names the key path); the subject header is removed from every request first
+        self.tls = None
+        drop = ()
+        self.hsts = b""
+        if spec.tls is not None:
+            try:
+                self.tls = ListenerTls(spec.tls, path + ".tls")
+            except CertError as exc:
+                raise ConfigError((exc.path, str(exc))) from None
+            if spec.tls.subject_header:
+                drop = (spec.tls.subject_header.encode("ascii"),)
+            if spec.tls.hsts:
+                self.hsts = b"Strict-Transport-Security: %s\r\n" % spec.tls.hsts.encode("ascii")
+        self.tls_rotated = loop.time()
+        self.redirect = spec.redirect_https  # None, or the HTTPS port every request is sent to (308)
+        self.router = Router(spec.routes, pools, loop, drop)
         self.timeouts = timeouts
         self.limits = spec.head_limits or limits  # the scanners' limits: this listener's, else the global ones
         self.connections = set()
         self.draining = False
-        self.extra_proto = b"X-Forwarded-Proto: http\r\n"
+        self.extra_proto = b"X-Forwarded-Proto: https\r\n" if spec.tls is not None else b"X-Forwarded-Proto: http\r\n"
         self.wheel = wheel
         self.upgrade_protocols = frozenset(p.lower().encode("ascii") for p in spec.upgrade_protocols)
         self.server = None
@@ -152,6 +172,33 @@ class ListenerRuntime:
         return b"%s%012x" % (self._rid_prefix, self._rid_counter)
 
 
+def tls_factory(rt):
+    """The protocol factory of a TLS listener: each accepted connection gets the
+    current generation's context (a reload or ticket rotation takes effect on the
+    next handshake) and a handshake future that counts how it ended (by reason).
+    This is what uvloop's server does for ``create_server(ssl=...)``, with the
+    context chosen per connection and the outcome seen."""
+    loop = rt.loop
+    tls = rt.tls
+    try:
+        import uvloop
+        from uvloop.loop import SSLProtocol
+        if not isinstance(loop, uvloop.Loop):
+            raise ImportError
+    except ImportError:  # a plain asyncio loop (fastlb runs on uvloop; tests may not)
+        from asyncio.sslproto import SSLProtocol
+    handshake_timeout = rt.timeouts.client_header
+    shutdown_timeout = rt.timeouts.linger
+    done = tls.handshake_done
+
+    def make():
+        waiter = loop.create_future()
+        waiter.add_done_callback(done)
+        return SSLProtocol(loop, ProxyConnection(rt), tls.current.context, waiter, server_side=True,
+                           ssl_handshake_timeout=handshake_timeout, ssl_shutdown_timeout=shutdown_timeout)
+    return make
+
+
 class Server:
     def __init__(self, config, loop=None):
         self.config = config
@@ -160,6 +207,7 @@ class Server:
         seed = int.from_bytes(os.urandom(8), "little")
         now = self.loop.time()
         self.pools = {p.name: Pool(p, seed, now) for p in config.pools}
+        prepare_tls(self.pools.values())  # https pools: their client TLS contexts
         self.prober = health.Prober(self.loop, self.pools.values())
         self.listeners = []
         self.admin = None
@@ -194,12 +242,14 @@ class Server:
             self.access_log = AccessLog(obs.access_log)  # a file that cannot be opened fails here
         self.started = time.time()
         await resolve_backends(self.loop, self.backends)
-        for spec in self.config.listeners:
-            rt = ListenerRuntime(spec, self.loop, self.pools, self.config.timeouts, self.config.limits, self.wheel,
-                                 obs, self.access_log)
+        runtimes = [ListenerRuntime(spec, self.loop, self.pools, self.config.timeouts, self.config.limits,
+                                    self.wheel, obs, self.access_log, "listeners[%d]" % i)
+                    for i, spec in enumerate(self.config.listeners)]  # every certificate checked first
+        for rt in runtimes:
+            spec = rt.spec
+            factory = tls_factory(rt) if rt.tls is not None else (lambda rt=rt: ProxyConnection(rt))
             rt.server = await self.loop.create_server(
-                lambda rt=rt: ProxyConnection(rt), spec.bind.host, spec.bind.port,
-                reuse_address=True, backlog=1024,
+                factory, spec.bind.host, spec.bind.port, reuse_address=True, backlog=1024,
             )
             for route in rt.router.routes:
                 if route.auth is not None:
@@ -235,6 +285,11 @@ class Server:
         if now >= self._next_sweep:
             self._next_sweep = now + 1.0
             for rt in self.listeners:
+                if rt.tls is not None:
+                    try:
+                        self._tls_tick(rt, now)
+                    except Exception:
+                        log.exception("certificate check failed for listener %s", rt.spec.name)
                 for route in rt.router.routes:
                     if route.policies:
                         try:
@@ -248,6 +303,26 @@ class Server:
                     dispatch(pool, self.loop)  # capacity that came back with a state change
             except Exception:
                 log.exception("health tick failed for pool %s", pool.name)
+
+    def _tls_tick(self, rt, now):
+        """Once a second: reload a listener's certificates when their files changed
+        (and stayed unchanged for a second: a cert and its key are often written one
+        after the other), and replace the session-ticket keys when they are due."""
+        tls = rt.tls
+        if tls.spec.watch and tls.poll():
+            if tls.reload("certificate files changed"):
+                rt.tls_rotated = now
+        if now - rt.tls_rotated >= tls.spec.ticket_rotation:
+            rt.tls_rotated = now
+            tls.reload("session ticket rotation")
+
+    def reload_certificates(self, why="SIGHUP"):
+        """SIGHUP: every TLS listener reads its certificate files again; a listener
+        whose new files are bad keeps serving with the ones it has."""
+        now = self.loop.time()
+        for rt in self.listeners:
+            if rt.tls is not None and rt.tls.reload(why):
+                rt.tls_rotated = now
 
     async def _refresh_names(self):
         while True:
@@ -263,6 +338,11 @@ class Server:
                 match = (r.host or "*") + (r.path_prefix if r.path_prefix != "/" else "")
                 routes.append("%s -> pool %s (%s: %s)" % (
                     match, pool.name, pool.algorithm, ", ".join(b.address for b in pool.backends)))
+            if rt.redirect is not None:
+                routes = ["every request redirected (308) to https on port %d" % rt.redirect]
+            if rt.tls is not None:
+                certs = rt.tls.current.certs
+                routes.insert(0, "https (%s)" % ", ".join("%s %s" % (c.name, c.key_type) for c in certs))
             lines.append("listening on %s [%s]: %s" % (rt.address, rt.spec.name, "; ".join(routes)))
         if self.admin is not None:
             lines.append("admin API listening on %s" % self.admin.address)
@@ -272,6 +352,7 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.begin_drain, sig.name)
         self.loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload_certificates)
 
     def reopen_logs(self):
         """SIGUSR1 (logrotate): reopen the access log file."""

@@ -29,6 +29,18 @@ those idle longer than the idle timeout (from the server's tick).
 Backend host names are resolved when the configuration is loaded and again every
 ``timeouts.dns_refresh`` seconds (``resolve_backends``), never per connection:
 ``Backend.addr`` is what a connect uses.
+
+TLS to backends (an https pool: ``PoolSpec.tls``, docs/tls.md#tls-to-backends):
+``prepare_tls`` builds each such pool's client context once (``Pool.tls_context``,
+tls.client_context) and every new connection of the pool is a TLS one: SNI and
+the certificate check use ``tls.server_name``, else the backend's configured host.
+The handshake is part of the connect: the same deadline (``timeouts.connect``)
+covers both, and a failed handshake is a failed connect (logged with its cause,
+counted in ``Backend.tls_failures`` by TLS_FAILURE_REASONS, answered 502, or 504
+for a handshake that timed out, and retried on another backend: nothing reached
+this one). Pooled connections are TLS transports already, so keep-alive reuse
+is unchanged. On TLS, only the backend's close_notify is a clean end of stream
+(``eof``): a TCP FIN without it does not complete a close-delimited body.
 """
 
 import asyncio
@@ -36,13 +48,16 @@ import functools
 import ipaddress
 import logging
 import socket
+import ssl
 from time import perf_counter
 
+from .errors import ConfigError
 from .health import USABLE_STATES, report_failure
 from .timers import Timer
+from .tls import client_context, describe_tls_error
 
 __all__ = ["UpstreamConnection", "BackendSession", "acquire", "release", "dispatch", "sweep_idle", "resolve_backends",
-           "is_ip", "WRITE_HIGH_WATER", "RETRY_BODY_LIMIT"]
+           "is_ip", "prepare_tls", "WRITE_HIGH_WATER", "RETRY_BODY_LIMIT", "TLS_FAILURE_REASONS"]
 
 log = logging.getLogger("fastlb.upstream")
 
@@ -55,12 +70,48 @@ WRITE_HIGH_WATER = 256 * 1024
 RETRY_BODY_LIMIT = 64 * 1024
 
 # Session timer kinds.
-T_CONNECT = 1  # TCP connect to the backend
+T_CONNECT = 1  # TCP connect to the backend (and the TLS handshake, for an https pool)
 T_RESPONSE = 2  # request sent -> response head; then inactivity in the response body
+
+# Why a TLS connection to a backend failed (Backend.tls_failures keys; docs/tls.md):
+# its certificate (unknown CA, expired, name mismatch), any other TLS error (no
+# shared protocol or cipher, not TLS at all, a close during the handshake, the
+# backend refusing fastlb's client certificate), the handshake not done in time.
+TLS_FAILURE_REASONS = ("verify_failed", "handshake_failed", "timeout")
+
+
+def prepare_tls(pools):
+    """Build the client TLS context of every pool whose spec has ``tls`` (called once
+    at start, before anything connects). A file that cannot be used any more (it was
+    checked when the configuration was read) is a ConfigError naming the key."""
+    for pool in pools:
+        spec = pool._spec.tls
+        if spec is None:
+            pool.tls_context = None
+            pool.tls_server_name = None
+            continue
+        try:
+            pool.tls_context = client_context(spec)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(("pools.%s.tls" % pool.name, "cannot build the TLS context: %s" % (
+                getattr(exc, "strerror", None) or exc))) from None
+        pool.tls_server_name = spec.server_name
+        if not spec.verify:
+            log.warning("pool %s: tls.verify is false: the backends' certificates and names are not checked "
+                        "(traffic is encrypted, the backends are not authenticated)", pool.name)
+
+
+def _tls_alert(exc):
+    """A TLS alert from the backend (an ssl.SSLError whose reason names one), or None."""
+    if isinstance(exc, ssl.SSLError):
+        reason = getattr(exc, "reason", None)
+        if reason and "ALERT" in reason:
+            return reason
+    return None
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("transport", "backend", "peer", "idle_since", "closed", "reused", "eof", "read_paused")
+    __slots__ = ("transport", "backend", "peer", "idle_since", "closed", "reused", "eof", "read_paused", "error")
 
     def __init__(self, backend):
         self.backend = backend
@@ -71,6 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.eof = False
         self.read_paused = False
+        self.error = None  # what connection_lost was given
 
     def connection_made(self, transport):
         self.transport = transport
@@ -89,13 +141,27 @@ class UpstreamConnection(asyncio.Protocol):
         self.eof = True
         peer = self.peer
         if peer is not None:
-            return peer.on_upstream_eof()  # True keeps our side open (a tunnel's half-close)
+            # True keeps our side open (a tunnel's half-close). Over TLS the backend's
+            # close_notify ends the connection whatever is returned (uvloop warns
+            # about True), and a TLS transport cannot half-close: False there.
+            return peer.on_upstream_eof() and self.transport.can_write_eof()
         return False
 
     def connection_lost(self, exc):
         self.closed = True
         self.backend.conns_open -= 1
         peer = self.peer
+        if exc is not None:
+            self.error = exc
+            if peer is not None and not self.reused and _tls_alert(exc) is not None:
+                # A TLS alert in a new connection's first exchange: with TLS 1.3 the
+                # backend checks fastlb's client certificate after our side of the
+                # handshake is done, and refuses it with an alert. (Lost before the
+                # request was sent: BackendSession._on_connected counts it.)
+                backend = self.backend
+                backend.tls_failures["handshake_failed"] = backend.tls_failures.get("handshake_failed", 0) + 1
+                log.warning("backend %s: TLS handshake refused by the backend: %s", backend.address,
+                            describe_tls_error(exc)[1])
         if peer is not None:
             self.peer = None
             peer.on_upstream_lost(self, exc)
@@ -263,9 +329,19 @@ class BackendSession:
             return
         self.t_connect = perf_counter()
         listener = self.listener
-        listener.wheel.arm(self.timer, T_CONNECT, listener.loop.time() + listener.timeouts.connect)
-        task = asyncio.ensure_future(listener.loop.create_connection(
-            functools.partial(UpstreamConnection, backend), backend.addr, backend.port))
+        timeout = listener.timeouts.connect
+        listener.wheel.arm(self.timer, T_CONNECT, listener.loop.time() + timeout)
+        pool = self.pool
+        ctx = pool.tls_context
+        if ctx is None:
+            coro = listener.loop.create_connection(
+                functools.partial(UpstreamConnection, backend), backend.addr, backend.port)
+        else:
+            # The task ends after the handshake: the connect deadline covers it too.
+            coro = listener.loop.create_connection(
+                functools.partial(UpstreamConnection, backend), backend.addr, backend.port,
+                ssl=ctx, server_hostname=pool.tls_server_name or backend.host, ssl_handshake_timeout=timeout)
+        task = asyncio.ensure_future(coro)
         self.task = task
         task.add_done_callback(self._on_connected)
 
@@ -278,19 +354,55 @@ class BackendSession:
         self.task = None
         self.listener.wheel.cancel(self.timer)
         backend = self.backend
+        pool = self.pool
         if task.cancelled():
-            self._connect_failed(504, "connect to %s timed out after %gs" % (
-                backend.address, self.listener.timeouts.connect))
+            self._connect_failed(504, "connect to %s timed out after %gs%s" % (
+                backend.address, self.listener.timeouts.connect,
+                "" if pool.tls_context is None else " (TCP connect and TLS handshake)"))
             return
         exc = task.exception()
         if exc is not None:
+            if pool.tls_context is not None:
+                kind, detail = describe_tls_error(exc)
+                if kind is not None:
+                    self._tls_failed(kind, detail)
+                    return
             self._connect_failed(502, "connect to %s failed: %s" % (
                 backend.address, getattr(exc, "strerror", None) or exc))
+            return
+        conn = task.result()[1]
+        if conn.closed or conn.transport is None:
+            # Lost before it could be used: with TLS 1.3 the backend checks fastlb's
+            # client certificate after our side of the handshake is done, and a
+            # backend refusing it may just close. Nothing was sent: a connect failure.
+            if pool.tls_context is not None:
+                if _tls_alert(conn.error) is not None:
+                    detail = "refused by the backend: %s" % describe_tls_error(conn.error)[1]
+                else:
+                    detail = ("the backend closed the connection right after the handshake "
+                              "(does it require a client certificate? see tls.cert)")
+                self._tls_failed("handshake_failed", detail)
+            else:
+                self._connect_failed(502, "connect to %s failed: the backend closed the connection at once"
+                                     % backend.address)
             return
         self.connect_time = elapsed = perf_counter() - self.t_connect
         if self.listener.metrics:
             backend.connect_time.observe(elapsed)
-        self._attach(task.result()[1])
+        self._attach(conn)
+
+    def _tls_failed(self, kind, detail):
+        """A TLS connect to the backend failed (``kind``: TLS_FAILURE_REASONS): counted,
+        then handled as a failed (502) or timed-out (504) connect."""
+        backend = self.backend
+        failures = backend.tls_failures
+        failures[kind] = failures.get(kind, 0) + 1
+        name = self.pool.tls_server_name or backend.host
+        if kind == "timeout":
+            self._connect_failed(504, "TLS handshake timed out after %gs (server_name %s)" % (
+                self.listener.timeouts.connect, name))
+        else:
+            self._connect_failed(502, "TLS handshake failed: %s (server_name %s)" % (detail, name))
 
     def _connect_failed(self, status, reason):
         backend = self.backend

@@ -192,6 +192,56 @@ def test_demo_serves_and_stops_on_ctrl_c():
             proc.wait()
 
 
+def test_demo_tls_serves_https_with_a_development_certificate(tmp_path):
+    """README: "`fastlb demo --tls` runs the demo over HTTPS": a certificate from the local
+    development CA (created in FASTLB_CERT_DIR), HSTS, and the redirect listener."""
+    import ssl
+
+    port, admin, redirect = free_port(), free_port(), free_port()
+    bports = consecutive_free_ports(3)
+    env = dict(os.environ, FASTLB_CERT_DIR=str(tmp_path / "certs"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastlb", "demo", "--tls", "--port", str(port), "--admin-port", str(admin),
+         "--backend-port", str(bports[0]), "--redirect-port", str(redirect)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        ca = tmp_path / "certs" / "fastlb-ca.pem"
+        deadline = time.monotonic() + 20
+        r = None
+        while time.monotonic() < deadline:
+            try:
+                if ca.exists():
+                    r = httpx.get("https://localhost:%d/hello" % port, timeout=2,
+                                  verify=ssl.create_default_context(cafile=str(ca)))
+                    if r.status_code == 200:
+                        break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        assert r is not None and r.status_code == 200
+        assert r.json()["backend"].startswith("demo-")
+        assert r.headers["strict-transport-security"] == "max-age=300"
+        moved = httpx.get("http://127.0.0.1:%d/hello?x=1" % redirect, headers={"Host": "localhost"}, timeout=2)
+        assert moved.status_code == 308 and moved.headers["location"] == "https://localhost:%d/hello?x=1" % port
+
+        def handshakes():
+            text = httpx.get("http://127.0.0.1:%d/metrics" % admin, timeout=2).text
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("fastlb_tls_handshakes_total{"))
+        while time.monotonic() < deadline and handshakes() < 2:
+            time.sleep(0.2)
+        assert handshakes() >= 2  # ours, and the demo's own traffic, which goes over TLS too
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert "created a local development CA: %s" % ca in out
+        assert "curl -s --cacert %s https://localhost:%d/hello" % (ca, port) in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_demo_prints_the_dashboard_and_its_own_traffic_shows_there():
     port, admin = free_port(), free_port()
     bports = consecutive_free_ports(3)

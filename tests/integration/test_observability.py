@@ -22,39 +22,12 @@ from tests.integration.conftest import FAST_TIMEOUTS, free_port, pool_doc
 from tests.support.backend import BackendServer
 from tests.support.fastlb_proc import FastlbProcess
 from tests.support.rawclient import send_raw
+from tests.support.scrape import parse_samples, scrape, value
 from tests.support.wait import wait_for
 
 FIELDS = ["time", "client", "method", "path", "status", "bytes_in", "bytes_out", "duration", "pool", "backend",
           "connect_time", "response_time", "retries", "request_id", "flags", "trace_id"]
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
-
-
-def scrape(proc, accept=None):
-    headers = {"Accept": accept} if accept else {}
-    r = httpx.get("http://127.0.0.1:%d/metrics" % proc.admin_port, headers=headers, timeout=5)
-    assert r.status_code == 200
-    return r
-
-
-def parse_samples(text):
-    """{(name, frozenset(labels)): value} of a text exposition."""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = SAMPLE_RE.match(line)
-        assert m, "unparsable sample line: %r" % line
-        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        out[(m.group(1), labels)] = float(m.group(3))
-    return out
-
-
-def value(samples, name, **labels):
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
-
-
 def read_log(path, n, timeout=10.0):
     """The first ``n`` access-log lines, parsed (the log is flushed at least once a second)."""
     def lines():

@@ -735,10 +735,13 @@ class _BackendProtocol(asyncio.Protocol):
 class BackendServer:
     """The test backend, run in a background thread (``start``) or in the caller's loop (``serve``)."""
 
-    def __init__(self, name="b1", host="127.0.0.1", port=0, raw_limit=DEFAULT_RAW_LIMIT, record=True):
+    def __init__(self, name="b1", host="127.0.0.1", port=0, raw_limit=DEFAULT_RAW_LIMIT, record=True,
+                 ssl_context=None):
         """``record=False`` keeps counts only (no raw bytes, no request records):
-        for long soak runs, where records would grow without bound."""
+        for long soak runs, where records would grow without bound. ``ssl_context``
+        (a server-side ssl.SSLContext): serve HTTPS; the records hold the decrypted bytes."""
         self.name = name
+        self.ssl_context = ssl_context
         self.host = host
         self.port = port
         self.raw_limit = raw_limit if record else 0
@@ -803,7 +806,8 @@ class BackendServer:
     async def _listen(self, loop):
         self._loop = loop
         self._server = await loop.create_server(
-            lambda: _BackendProtocol(self), self.host, self.port, backlog=1024, reuse_address=True
+            lambda: _BackendProtocol(self), self.host, self.port, backlog=1024, reuse_address=True,
+            ssl=self.ssl_context,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
