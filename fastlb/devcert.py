@@ -88,13 +88,6 @@ def _write_cert(path, cert):
         f.write(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _not_after(cert):
-    try:
-        return cert.not_valid_after_utc
-    except AttributeError:  # cryptography < 42
-        return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
-
-
 def _load_ca(cert_path, key_path):
     """The (certificate, key) pair if both load, match and the CA is still valid; else None."""
     try:
@@ -108,7 +101,7 @@ def _load_ca(cert_path, key_path):
     if key.public_key().public_bytes(serialization.Encoding.PEM, pem) != \
             cert.public_key().public_bytes(serialization.Encoding.PEM, pem):
         return None
-    if _not_after(cert) <= datetime.datetime.now(datetime.timezone.utc):
+    if cert.not_valid_after_utc <= datetime.datetime.now(datetime.timezone.utc):
         return None
     return cert, key
 
