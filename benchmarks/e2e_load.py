@@ -171,11 +171,13 @@ def tail_logs(paths, n=40):
     return "\n".join(out) or "(no output)"
 
 
-def http_get(port, path="/", timeout=5.0):
-    """One GET with Connection: close; returns (status, body). For sanity checks only."""
+def http_get(port, path="/", timeout=5.0, method="GET", body=None):
+    """One request with Connection: close (a GET, or ``method`` with ``body``); returns
+    (status, body). For sanity checks only."""
     with socket.create_connection((HOST, port), timeout=timeout) as s:
-        s.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nX-API-Key: %s\r\nConnection: close\r\n\r\n" % (
-            path, HOST, port, API_KEY)).encode())
+        length = "" if body is None else "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        s.sendall(("%s %s HTTP/1.1\r\nHost: %s:%d\r\nX-API-Key: %s\r\n%sConnection: close\r\n\r\n" % (
+            method, path, HOST, port, API_KEY, length)).encode() + (body or b""))
         data = bytearray()
         while True:
             chunk = s.recv(65536)
@@ -309,12 +311,13 @@ def start_backend(workdir, ports):
                 location / {{ default_type application/json; return 200 '{body}'; }}
                 location = {post_path} {{
                     # 4 KiB is past nginx's limit for a `return` string: a file. The static
-                    # handler answers POST with 405; error_page re-serves it as a GET, 200.
-                    default_type application/json;
-                    root {dir};
-                    try_files /answer.json =404;
-                    error_page 405 =200 $uri;
+                    # handler answers POST with 405; error_page re-serves the file as a GET,
+                    # 200. (try_files here would rewrite $uri, and the error page would then
+                    # be location /'s 11-byte answer.)
+                    error_page 405 =200 /answer.json;
+                    return 405;
                 }}
+                location = /answer.json {{ default_type application/json; root {dir}; }}
             }}"""
         ).format(host=HOST, port=p, body=BACKEND_BODY, post_path=POST_PATH, dir=d)
         for p in ports
@@ -338,8 +341,12 @@ def start_backend(workdir, ports):
     return proc
 
 
-def start_haproxy(workdir, port, backends, connections):
-    d = os.path.join(workdir, "haproxy")
+def start_haproxy(workdir, port, backends, connections, name="haproxy", bind_options="", proto="http",
+                  global_extra=""):
+    """HAProxy, one thread, round robin over the backends. name: its directory and log
+    files; bind_options: appended to the frontend's bind line (e.g. " ssl crt FILE");
+    proto: the X-Forwarded-Proto it sets; global_extra: lines for the global section."""
+    d = os.path.join(workdir, name)
     os.makedirs(d)
     # pool-max-conn: idle connections kept per server, at least as many as load connections
     servers = "\n".join("    server s%d %s:%d pool-max-conn %d" % (i + 1, HOST, p, max(64, connections))
@@ -349,7 +356,7 @@ def start_haproxy(workdir, port, backends, connections):
         global
             nbthread 1
             maxconn 4000
-            tune.maxaccept -1
+            tune.maxaccept -1{global_extra}
 
         defaults
             mode http
@@ -361,21 +368,23 @@ def start_haproxy(workdir, port, backends, connections):
             timeout http-keep-alive 30s
 
         frontend fe
-            bind {host}:{port}
+            bind {host}:{port}{bind_options}
             default_backend be
 
         backend be
             balance roundrobin
             # the forwarding work fastlb does on every request
             option forwardfor
-            http-request set-header X-Forwarded-Proto http
+            http-request set-header X-Forwarded-Proto {proto}
             http-request set-header X-Request-ID %[uuid] unless {{ req.hdr(X-Request-ID) -m found }}
         """
-    ).format(host=HOST, port=port) + servers + "\n"
+    ).format(host=HOST, port=port, bind_options=bind_options, proto=proto,
+             global_extra="".join("\n    " + line for line in textwrap.dedent(global_extra).strip("\n").splitlines())
+             ) + servers + "\n"
     path = os.path.join(d, "haproxy.cfg")
     with open(path, "w") as f:
         f.write(conf)
-    return Proc("haproxy", taskset(PROXY_CORE, ["haproxy", "-db", "-f", path]), workdir), ()
+    return Proc(name, taskset(PROXY_CORE, ["haproxy", "-db", "-f", path]), workdir), ()
 
 
 def start_nginx_proxy(workdir, port, backends, connections):
@@ -418,10 +427,12 @@ def start_nginx_proxy(workdir, port, backends, connections):
     return proc, (d + "/error.log",)
 
 
-def fastlb_command(override):
+def fastlb_command(override, parent=None):
     """(argv prefix, cwd, env, description) for running fastlb, or raise RuntimeError.
     The compiled core is required (FASTLB_REQUIRE_EXTENSIONS=1): a fallback to the
-    pure-Python twins fails to start instead of being measured as fastlb."""
+    pure-Python twins fails to start instead of being measured as fastlb. ``parent``:
+    where the neutral working directory is made (the run's temporary directory, removed
+    with it)."""
     env = dict(os.environ, FASTLB_REQUIRE_EXTENSIONS="1")
     if override:
         return shlex.split(override), None, env, "command: %s" % override
@@ -429,7 +440,7 @@ def fastlb_command(override):
     # Installed package first: run from a neutral cwd so the checkout does not shadow it.
     # A fresh empty directory, not the shared temp dir: `python -m` puts the cwd first on
     # sys.path, and any stray queue.py or json.py there would shadow the standard library.
-    neutral = tempfile.mkdtemp(prefix="fastlb-bench-cwd-")
+    neutral = tempfile.mkdtemp(prefix="fastlb-bench-cwd-", dir=parent)
     r = subprocess.run([sys.executable, "-c", probe], cwd=neutral, capture_output=True, text=True)
     if r.returncode == 0:
         cwd, where = neutral, "installed package %s" % r.stdout.strip()
@@ -446,10 +457,13 @@ def fastlb_command(override):
     return argv, cwd, env, where
 
 
-def start_fastlb(workdir, port, backends, connections, cmd, variant="fastlb"):
+def start_fastlb(workdir, port, backends, connections, cmd, variant="fastlb", listener=None, top=None, name=None):
     """fastlb with a config file equal to quick mode (one listener, round robin over
-    the backends) plus the variant's observability settings (FASTLB_VARIANTS)."""
+    the backends) plus the variant's observability settings (FASTLB_VARIANTS).
+    listener: keys added to the listener (e.g. tls); top: top-level keys added
+    (e.g. admin); name: its config and log files (default: the variant)."""
     argv, cwd, env, _ = cmd
+    name = name or variant
     doc = {"listeners": [{"name": "bench", "bind": "%s:%d" % (HOST, port), "pool": "default"}],
            "pools": {"default": {"backends": ["%s:%d" % (HOST, p) for p in backends]}}}
     if variant == "fastlb-guard":
@@ -459,11 +473,13 @@ def start_fastlb(workdir, port, backends, connections, cmd, variant="fastlb"):
     if "access_log" in extra:
         extra["access_log"]["path"] = os.path.join(workdir, "%s-%s" % (variant, extra["access_log"]["path"]))
     doc.update(extra)
-    path = os.path.join(workdir, "%s.yaml" % variant)
+    doc["listeners"][0].update(listener or {})
+    doc.update(top or {})
+    path = os.path.join(workdir, "%s.yaml" % name)
     with open(path, "w") as f:
         json.dump(doc, f)  # JSON is YAML
     args = argv + ["run", "-c", path]
-    return Proc(variant, taskset(PROXY_CORE, args), workdir, cwd=cwd, env=env), ()
+    return Proc(name, taskset(PROXY_CORE, args), workdir, cwd=cwd, env=env), ()
 
 
 # -- wrk ------------------------------------------------------------------------------------
@@ -518,12 +534,12 @@ def parse_wrk(out):
     return res
 
 
-def run_wrk(port, seconds, connections, script):
+def run_wrk(port, seconds, connections, script, scheme="http"):
     argv = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency", "--timeout", "5s",
             "-H", "X-API-Key: " + API_KEY]
     if script:
         argv += ["-s", script]
-    argv.append("http://%s:%d/" % (HOST, port))
+    argv.append("%s://%s:%d/" % (scheme, HOST, port))
     r = subprocess.run(taskset(LOAD_CORE, argv), capture_output=True, text=True, timeout=seconds + 30)
     if r.returncode != 0:
         raise RuntimeError("wrk failed (%d): %s" % (r.returncode, r.stderr.strip() or r.stdout.strip()))
@@ -661,6 +677,10 @@ def main(argv=None):
             status, body = http_get(p)
             if status != 200 or body != BACKEND_BODY.encode():
                 raise RuntimeError("backend nginx on %d answered %s %r" % (p, status, body))
+            status, body = http_get(p, POST_PATH, method="POST", body=b'{"cart": 1}')
+            if status != 200 or body != POST_ANSWER.encode():
+                raise RuntimeError("backend nginx on %d answered the json_post request %s with %d bytes, expected "
+                                   "the %d-byte answer" % (p, status, len(body), len(POST_ANSWER)))
         script = write_lua(workdir)
         results["meta"] = {
             "duration_s": args.duration,
@@ -684,7 +704,7 @@ def main(argv=None):
                 continue
             try:
                 if name in FASTLB_VARIANTS:
-                    cmd = fastlb_command(args.fastlb_cmd)
+                    cmd = fastlb_command(args.fastlb_cmd, workdir)
                     results["meta"]["proxies"][name] = cmd[3]
                     starter = lambda w, p, b, c, cmd=cmd, name=name: start_fastlb(w, p, b, c, cmd, name)  # noqa: E731
                 elif name == "haproxy":
