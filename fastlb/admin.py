@@ -5,7 +5,7 @@ Endpoints (docs/operations.md):
     GET  /metrics                                  Prometheus text format, or OpenMetrics when Accept asks (docs/metrics.md)
     GET  /dashboard                                the live dashboard page (docs/dashboard.md)
     GET  /api/v1/stats                             live rates, error rates, latencies and their history (docs/dashboard.md)
-    GET  /api/v1/info                              version, core implementation, listeners
+    GET  /api/v1/info                              version, core implementation, listeners (TLS: certificates, handshakes)
     GET  /api/v1/pools                             every pool with its backends and counters
     GET  /api/v1/pools/{pool}                      one pool
     GET  /api/v1/pools/{pool}/explain?key=K        which backend a request with key K would get, and why
@@ -307,7 +307,8 @@ class AdminServer:
                 "core": _core.IMPLEMENTATION,
                 "core_fallback_reason": _core.FALLBACK_REASON,
                 "listeners": [{"name": rt.spec.name, "address": rt.address,
-                               "connections": len(rt.connections)} for rt in srv.listeners],
+                               "connections": len(rt.connections),
+                               "tls": rt.tls.as_dict() if rt.tls is not None else None} for rt in srv.listeners],
             }
         if rest == ["pools"] and method == "GET":
             now = srv.loop.time()

@@ -400,6 +400,19 @@ class ListenerTls:
                  ", ".join("%s %s until %s" % (c.name, c.key_type, c.not_after.strftime("%Y-%m-%d")) for c in new.certs))
         return True
 
+    def as_dict(self):
+        """The admin API's view (GET /api/v1/info): what is served, and how it went."""
+        return {
+            "certificates": [{"name": c.name, "names": c.names, "key_type": c.key_type, "cert": c.spec.cert,
+                              "not_after": c.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                              "expires_in_days": round(c.expires_in() / 86400, 1)} for c in self.current.certs],
+            "min_version": self.spec.min_version,
+            "client_auth": self.spec.client_auth,
+            "handshakes": self.handshakes,
+            "handshake_failures": dict(self.failures),
+            "reloads": dict(self.reloads),
+        }
+
     def handshake_done(self, fut):
         """The done callback of a connection's handshake future."""
         if fut.cancelled():

@@ -112,6 +112,12 @@ def test_sni_picks_the_certificate_exact_wildcard_and_default(fastlb, backends, 
     assert set(expiry) == {"api.test", "www.test"}
     not_after = x509.load_pem_x509_certificate(open(api[0], "rb").read()).not_valid_after_utc
     assert expiry["api.test"] == not_after.timestamp()
+    info = httpx.get("http://127.0.0.1:%d/api/v1/info" % proc.admin_port, timeout=5).json()
+    served = info["listeners"][0]["tls"]
+    assert [(c["name"], c["key_type"], c["names"]) for c in served["certificates"]] == [
+        ("api.test", "ECDSA P-256", ["api.test"]), ("www.test", "RSA 2048", ["www.test", "*.apps.test"])]
+    assert served["certificates"][0]["not_after"] == not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert served["handshakes"] >= 7 and served["reloads"] == {"success": 0, "failure": 0}
 
 
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
