@@ -1113,8 +1113,11 @@ class ProxyConnection(ClientConnection):
         ex = self.ex
         rid = ex.request_id if ex is not None else self.listener.next_request_id()
         body = json.dumps({"error": reason, "request_id": rid.decode("latin-1")}).encode() + b"\n"
-        if ex is not None and ex.resp_extra:
-            extra += ex.resp_extra
+        if ex is not None:
+            if ex.resp_extra:
+                extra += ex.resp_extra
+        elif self.listener.hsts:
+            extra += self.listener.hsts  # a request too malformed for an exchange: HSTS all the same
         out = error_response(status, REASONS.get(status, "Error").encode(), body, rid,
                              ex is not None and ex.is_head, close, extra)
         self.transport.write(out)

@@ -333,7 +333,6 @@ class ListenerTls:
     def __init__(self, spec, path):
         self.spec = spec
         self.path = path  # "listeners[0].tls", for messages
-        self.current = None
         self.handshakes = 0  # completed
         self.failures = {}  # reason -> handshakes that failed
         self.reloads = {"success": 0, "failure": 0}
@@ -360,10 +359,6 @@ class ListenerTls:
                 log.warning("%s.certificates[%d]: %s", self.path, i, msg)
             certs.append(loaded)
         return ServerTls(self.spec, certs)
-
-    @property
-    def context(self):
-        return self.current.context
 
     def poll(self):
         """True when the certificate, key or passphrase files changed since they were

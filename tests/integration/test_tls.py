@@ -200,12 +200,17 @@ def test_alpn_http11_keepalive_and_hsts(fastlb, backends, certs):
                 assert headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
                 f.read(int(headers["content-length"]))
     assert sum(b.connection_count for b in backends) <= 3
-    # fastlb's own answers carry HSTS too (a 404 needs routes: a bad request here)
-    with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="api.test") as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
-            data = s.recv(65536)
-    assert data.startswith(b"HTTP/1.1 400")
+    # fastlb's own answers carry HSTS too: a refused request (405 CONNECT) and one too
+    # malformed to be an exchange (400, two Content-Lengths)
+    for request, status in ((b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test\r\n\r\n", b"405"),
+                            (b"GET / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                             b"400")):
+        with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="api.test") as s:
+                s.sendall(request)
+                data = s.recv(65536)
+        assert data.startswith(b"HTTP/1.1 " + status), data
+        assert b"\r\nStrict-Transport-Security: max-age=31536000; includeSubDomains\r\n" in data
 
 
 def mtls_doc(backends, certs, mode, header="X-Client-Subject"):
