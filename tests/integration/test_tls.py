@@ -480,14 +480,18 @@ def test_backend_reset_mid_body_is_not_passed_off_as_complete_over_tls(fastlb, b
 
 def test_quick_mode_tls_flags(fastlb, backends, certs, tmp_path):
     api = certs.issue("api", "api.test", "127.0.0.1")
+    www = certs.issue("www", "www.test", key_type=trustme.KeyType.RSA)
     proc = fastlb(args=["run", "--listen", "127.0.0.1:0", "--backend", backends[0].address,
-                        "--tls-cert", api[0], "--tls-key", api[1]])
+                        "--tls-cert", api[0], "--tls-key", api[1], "--tls-cert", www[0], "--tls-key", www[1]])
     r = httpx.get("https://127.0.0.1:%d/q" % proc.port, verify=certs.client_context(), timeout=5)
     assert r.status_code == 200
-    bad = subprocess.run([sys.executable, "-m", "fastlb", "run", "--listen", "127.0.0.1:0", "--backend", backends[0].address,
-                          "--tls-cert", api[0]], capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 2
-    assert "--tls-key" in bad.stderr
+    assert san(peer_cert(proc.port, "www.test", certs.client_context())) == ["www.test"]
+    for flags, words in ((["--tls-cert", api[0]], "give one --tls-key for each --tls-cert"),
+                         (["--tls-cert", api[0], "--tls-key", www[1]], "does not match the certificate")):
+        bad = subprocess.run([sys.executable, "-m", "fastlb", "run", "--listen", "127.0.0.1:0",
+                              "--backend", backends[0].address] + flags, capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 2
+        assert "--tls-key" in bad.stderr and words in bad.stderr, bad.stderr
 
 
 def test_bad_certificates_stop_the_start_with_the_key_path(backends, certs, tmp_path):
