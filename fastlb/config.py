@@ -475,7 +475,7 @@ def _pools(ctx, value):
             else:
                 retry_kw["panic"] = body["panic"]
         ctx.put(retry_kw, body, path, "per_try_timeout", parse_duration)
-        if "tls" in body:
+        if "tls" in body and body["tls"] is not False:  # tls: false is plain HTTP, as without the key
             pool_tls = _pool_tls(ctx, body["tls"], path + ".tls")
             if pool_tls is not None:
                 retry_kw["tls"] = pool_tls

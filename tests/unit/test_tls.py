@@ -297,6 +297,10 @@ def test_config_redirect_listener(tmp_path):
         assert words in problems.get("listeners[1].redirect_https", ""), problems
 
 
+def test_pool_tls_false_is_plain_http(tmp_path):
+    assert config.from_dict(doc_with(tmp_path, None, False)).pool("p").tls is None
+
+
 def test_pool_tls_true_is_system_cas_and_the_host_name(tmp_path):
     cfg = config.from_dict(doc_with(tmp_path, None, True))
     t = cfg.pool("p").tls
