@@ -182,8 +182,13 @@ def run_demo(port=8080, admin_port=8081, backend_port=9001, traffic=True, tls=Fa
         from . import devcert
 
         directory = devcert.default_directory()
-        ca, _, created = devcert.ensure_ca(directory)
-        cert, key = devcert.issue(directory, ["localhost", "127.0.0.1"])
+        try:
+            ca, _, created = devcert.ensure_ca(directory)
+            cert, key = devcert.issue(directory, ["localhost", "127.0.0.1"])
+        except OSError as exc:
+            print("fastlb demo: cannot write the development certificate in %s: %s (set FASTLB_CERT_DIR)"
+                  % (directory, exc.strerror or exc), flush=True)
+            return 1
         print("%s %s; certificate for localhost and 127.0.0.1: %s" % (
             "created a local development CA:" if created else "local development CA:", ca, cert), flush=True)
         client_tls = ssl.create_default_context(cafile=ca)

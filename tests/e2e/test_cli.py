@@ -242,6 +242,15 @@ def test_demo_tls_serves_https_with_a_development_certificate(tmp_path):
             proc.wait()
 
 
+def test_demo_tls_with_an_unwritable_certificate_directory_is_a_clear_error():
+    env = dict(os.environ, FASTLB_CERT_DIR="/proc/fastlb-no-such-dir")
+    out = subprocess.run([sys.executable, "-m", "fastlb", "demo", "--tls", "--no-traffic"], capture_output=True,
+                         text=True, env=env, timeout=30)
+    assert out.returncode == 1
+    assert "cannot write the development certificate in /proc/fastlb-no-such-dir" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+
+
 def test_demo_prints_the_dashboard_and_its_own_traffic_shows_there():
     port, admin = free_port(), free_port()
     bports = consecutive_free_ports(3)
