@@ -184,9 +184,9 @@ def test_load_aware_algorithms_avoid_a_busy_backend(fastlb, backends, algorithm)
 SLOW_DELAY = 0.1  # the slow backend's fixed extra time per response, seconds
 
 
-def timed_sequence(proc, seconds, max_requests):
-    """Sequential requests (never two in flight) for ``seconds`` or ``max_requests``:
-    [(seconds since the start, backend name)]."""
+def timed_sequence(proc, seconds, max_requests, until=None):
+    """Sequential requests (never two in flight) for ``seconds`` or ``max_requests``,
+    or until ``until(out)`` is true: [(seconds since the start, backend name)]."""
     out = []
     t0 = time.monotonic()
     with httpx.Client(timeout=10) as c:
@@ -195,6 +195,8 @@ def timed_sequence(proc, seconds, max_requests):
             r = c.get(proc.url("/"))
             assert r.status_code == 200, r.text
             out.append((t, r.headers["x-backend"]))
+            if until is not None and until(out):
+                break
     return out
 
 
@@ -215,14 +217,22 @@ def test_ewma_avoids_a_slow_backend_that_never_queues(fastlb, backends):
     slow = backends[0]
     slow.delay = SLOW_DELAY
     proc = run_lb(fastlb, backends[:2], "ewma", ewma_decay="300ms")
-    got = timed_sequence(proc, 4.0, 3000)
+    def probed_again(out):
+        # the slow backend was sampled, then picked again at least 0.5 s later
+        slow_at = [t for t, name in out if name == slow.name]
+        return len(slow_at) >= 2 and slow_at[-1] - slow_at[0] >= 0.5
+
+    # Bounded by time, not only by count: a fast machine makes 3000 requests before the
+    # decay (about 2 s) is due, and the probe came after the sequence had ended. The
+    # sequence stops at the probe.
+    got = timed_sequence(proc, 8.0, 40000, until=probed_again)
     slow_at = [t for t, name in got if name == slow.name]
     assert len(got) >= 20, got
     # round robin, least connections, p2c and random would all give it about half
     assert len(slow_at) < 0.25 * len(got), (len(slow_at), len(got))
     # it was sampled (a backend without a sample is priced at the median) and probed again
     # later: a stale slow EWMA decays instead of banning the backend for good
-    assert slow_at and slow_at[-1] - slow_at[0] >= 0.5, slow_at
+    assert probed_again(got), (slow_at, len(got), got[-1][0])
 
 
 def test_least_connections_is_blind_to_a_slow_backend_that_never_queues(fastlb, backends):
