@@ -29,7 +29,8 @@ missing_system_packages() {
 }
 
 # Test tools: headless Chromium for the dashboard test, promtool (Debian's prometheus
-# package) to lint /metrics and the alert rules, openssl's s_client for the TLS tests. Installed (when FASTLB_TEST_TOOLS=1,
+# package) to lint /metrics and the alert rules, openssl's s_client for the TLS tests,
+# HAProxy as a real PROXY-protocol sender for the interop test. Installed (when FASTLB_TEST_TOOLS=1,
 # as the test scripts set it) when we are root; without them those tests skip, naming
 # the package.
 missing_test_tools() {
@@ -38,6 +39,7 @@ missing_test_tools() {
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
   echo "${need[@]}"
 }
 
@@ -69,7 +71,7 @@ if [ -n "$tools" ]; then
     apt-get install -y -qq --no-install-recommends $tools >/dev/null \
       || echo "could not install $tools: the tests that need them will skip" >&2
   else
-    echo "note: $tools not installed: the dashboard, promtool and openssl tests will skip (sudo apt-get install $tools)" >&2
+    echo "note: $tools not installed: the dashboard, promtool, openssl and haproxy tests will skip (sudo apt-get install $tools)" >&2
   fi
 fi
 
