@@ -37,7 +37,7 @@ from .proxy import HEAD, ProxyConnection
 from .stats import StatsSampler
 from .timers import Wheel
 from .tls import CertError, ListenerTls
-from .upstream import dispatch, is_ip, prepare_tls, resolve_backends, sweep_idle
+from .upstream import dispatch, is_ip, prepare_tls, reload_pool_tls, resolve_backends, sweep_idle
 
 log = logging.getLogger("fastlb")
 
@@ -317,12 +317,16 @@ class Server:
             tls.reload("session ticket rotation")
 
     def reload_certificates(self, why="SIGHUP"):
-        """SIGHUP: every TLS listener reads its certificate files again; a listener
-        whose new files are bad keeps serving with the ones it has."""
+        """SIGHUP: every TLS listener reads its certificate files again, and every
+        https pool its CA and client certificate; a listener or pool whose new files
+        are bad keeps the ones it has."""
         now = self.loop.time()
         for rt in self.listeners:
             if rt.tls is not None and rt.tls.reload(why):
                 rt.tls_rotated = now
+        for pool in self.pools.values():
+            if pool._spec.tls is not None:
+                reload_pool_tls(pool, why)
 
     async def _refresh_names(self):
         while True:

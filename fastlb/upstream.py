@@ -39,7 +39,11 @@ covers both, and a failed handshake is a failed connect (logged with its cause,
 counted in ``Backend.tls_failures`` by TLS_FAILURE_REASONS, answered 502, or 504
 for a handshake that timed out, and retried on another backend: nothing reached
 this one). Pooled connections are TLS transports already, so keep-alive reuse
-is unchanged. On TLS, only the backend's close_notify is a clean end of stream
+is unchanged. SIGHUP rebuilds the contexts from the files (``reload_pool_tls``,
+the running one stays when the new files are bad); each connection remembers the
+context it was made with, and one made with a replaced context is closed instead
+of going back to the pool, so every request after a reload runs on a connection
+verified with the new files. On TLS, only the backend's close_notify is a clean end of stream
 (``eof``): a TCP FIN without it does not complete a close-delimited body.
 """
 
@@ -53,10 +57,12 @@ from time import perf_counter
 
 from .errors import ConfigError
 from .health import USABLE_STATES, report_failure
+from .model import CertificateSpec
 from .timers import Timer
-from .tls import client_context, describe_tls_error
+from .tls import CertError, client_context, describe_tls_error, load_ca_bundle, load_certificate
 
 __all__ = ["UpstreamConnection", "BackendSession", "acquire", "release", "dispatch", "sweep_idle", "resolve_backends",
+           "reload_pool_tls",
            "is_ip", "prepare_tls", "WRITE_HIGH_WATER", "RETRY_BODY_LIMIT", "TLS_FAILURE_REASONS"]
 
 log = logging.getLogger("fastlb.upstream")
@@ -101,6 +107,38 @@ def prepare_tls(pools):
                         "(traffic is encrypted, the backends are not authenticated)", pool.name)
 
 
+def reload_pool_tls(pool, why="SIGHUP"):
+    """Read an https pool's ``ca``, ``cert`` and ``key`` again, checked as at load,
+    and build a new client context; the pool's idle connections (made with the old
+    one) are closed. On any problem the running context stays. True when the new
+    one is in use."""
+    spec = pool._spec.tls
+    path = "pools.%s.tls" % pool.name
+    try:
+        if spec.ca:
+            load_ca_bundle(spec.ca, "ca")
+        if spec.cert:
+            load_certificate(CertificateSpec(spec.cert, spec.key))
+        ctx = client_context(spec)
+    except CertError as exc:
+        log.error("%s: %s: not reloaded, the running TLS context stays: %s.%s: %s", path, why, path, exc.which, exc)
+        return False
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        log.error("%s: %s: not reloaded, the running TLS context stays: %s", path, why,
+                  getattr(exc, "strerror", None) or exc)
+        return False
+    pool.tls_context = ctx
+    closed = 0
+    for backend in pool.backends:
+        idle = backend.idle
+        while idle:
+            idle.pop().close()
+            closed += 1
+    log.info("%s: %s: CA and client certificate files reloaded (%d idle connection%s closed)", path, why,
+             closed, "" if closed == 1 else "s")
+    return True
+
+
 def _tls_alert(exc):
     """A TLS alert from the backend (an ssl.SSLError whose reason names one), or None."""
     if isinstance(exc, ssl.SSLError):
@@ -111,10 +149,12 @@ def _tls_alert(exc):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("transport", "backend", "peer", "idle_since", "closed", "reused", "eof", "read_paused", "error")
+    __slots__ = ("transport", "backend", "peer", "idle_since", "closed", "reused", "eof", "read_paused", "error",
+                 "tls_context")
 
-    def __init__(self, backend):
+    def __init__(self, backend, tls_context=None):
         self.backend = backend
+        self.tls_context = tls_context  # the pool's context when this connection was made (None: plain)
         self.transport = None
         self.peer = None
         self.idle_since = 0.0
@@ -339,7 +379,7 @@ class BackendSession:
         else:
             # The task ends after the handshake: the connect deadline covers it too.
             coro = listener.loop.create_connection(
-                functools.partial(UpstreamConnection, backend), backend.addr, backend.port,
+                functools.partial(UpstreamConnection, backend, ctx), backend.addr, backend.port,
                 ssl=ctx, server_hostname=pool.tls_server_name or backend.host, ssl_handshake_timeout=timeout)
         task = asyncio.ensure_future(coro)
         self.task = task
@@ -548,8 +588,10 @@ class BackendSession:
         conn = self.conn
         if conn is not None:
             self.conn = None
-            if reuse:
+            if reuse and conn.tls_context is self.pool.tls_context:
                 release(conn, now, self.listener.limits.max_idle_per_backend)
+            elif reuse:
+                conn.close()  # made with TLS files replaced since (reload_pool_tls): not pooled
             elif abort:
                 conn.abort()
             else:

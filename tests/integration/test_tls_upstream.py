@@ -16,6 +16,7 @@ Every client call has a timeout; every wait polls with a deadline.
 import asyncio
 import hashlib
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -349,6 +350,51 @@ def test_backend_closing_an_idle_tls_connection_is_dropped_and_the_next_request_
     assert b.request_count == 4
 
 
+def test_sighup_reloads_a_pools_ca_closes_pooled_connections_and_keeps_it_when_the_new_file_is_bad(
+        fastlb, pki, https_backends, tmp_path):
+    """SIGHUP reads a pool's ca again: the next request handshakes with the new
+    file (an idle connection verified with the old one is closed, one in use when
+    the signal comes is not pooled again); a bad new file is logged with its key
+    path and the running CA stays."""
+    b = https_backends(pki.server_context())
+    ca = tmp_path / "backends-ca.pem"
+    ca.write_bytes(pki.ca.cert_pem.bytes())
+    proc = fastlb(tls_doc([b], {"ca": str(ca), "server_name": "api.internal"}))
+    with httpx.Client(timeout=T) as client:
+        assert client.get(proc.url("/a")).status_code == 200
+        assert client.get(proc.url("/b")).status_code == 200
+        assert b.connection_count == 1
+        # a request in flight when the same CA is reloaded: answered, then its connection closed
+        b.delay = 1.0
+        got = []
+        t = threading.Thread(target=lambda: got.append(httpx.get(proc.url("/slow"), timeout=T).status_code))
+        t.start()
+        assert wait_for(lambda: b.request_count == 3, 5)
+        proc.proc.send_signal(signal.SIGHUP)
+        assert output_has(proc, "pools.p.tls: SIGHUP: CA and client certificate files reloaded", 5)
+        t.join(T)
+        assert got == [200]
+        b.delay = 0
+        assert client.get(proc.url("/c")).status_code == 200
+        assert b.connection_count == 2, "a connection made before the reload went back to the pool"
+        # the file now names another CA: the backend's certificate no longer verifies
+        ca.write_bytes(pki.other_ca.cert_pem.bytes())
+        proc.proc.send_signal(signal.SIGHUP)
+        assert output_has(proc, "(1 idle connection closed)", 5)
+        r = client.get(proc.url("/d"))
+        assert r.status_code == 502 and "certificate verify failed" in r.json()["error"], r.text
+        # not a certificate at all: logged with its key path, the running (other) CA stays
+        ca.write_bytes(b"not a certificate\n")
+        proc.proc.send_signal(signal.SIGHUP)
+        assert output_has(proc, "not reloaded, the running TLS context stays: pools.p.tls.ca:", 5)
+        assert client.get(proc.url("/e")).status_code == 502
+        # both CAs in the bundle: verified again
+        ca.write_bytes(pki.other_ca.cert_pem.bytes() + pki.ca.cert_pem.bytes())
+        proc.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: client.get(proc.url("/f")).status_code == 200, 5)
+    assert "Traceback" not in proc.read_output()
+
+
 @pytest.mark.parametrize("case", ["unknown_ca", "expired"])
 def test_certificate_that_fails_verification_502_logged_nothing_forwarded(fastlb, pki, https_backends, case):
     if case == "unknown_ca":
@@ -435,6 +481,30 @@ def test_backend_requiring_a_client_certificate(fastlb, pki, https_backends, tmp
             assert r.status_code == 200, r.text
     assert b.request_count == 5
     assert b.connection_count == 1
+
+
+def test_sighup_reloads_a_pools_client_certificate_and_refuses_a_key_that_does_not_match(
+        fastlb, pki, https_backends, tmp_path):
+    """The client certificate is reloaded on SIGHUP too, checked as at load."""
+    b = https_backends(pki.server_context(client_ca=pki.ca))
+    stranger = pki.other_ca.issue_cert("fastlb.internal")
+    cert, key = tmp_path / "fastlb.pem", tmp_path / "fastlb.key"
+    cert.write_bytes(stranger.cert_chain_pems[0].bytes())
+    key.write_bytes(stranger.private_key_pem.bytes())
+    proc = fastlb(tls_doc([b], {"ca": pki.ca_file, "server_name": "api.internal", "cert": str(cert), "key": str(key)}))
+    assert httpx.get(proc.url("/"), timeout=T).status_code == 502  # the backend does not trust it
+    # the new certificate is written first: with the old key it does not match, and stays out
+    cert.write_bytes(b"".join(p.bytes() for p in pki.client.cert_chain_pems))
+    proc.proc.send_signal(signal.SIGHUP)
+    assert output_has(proc, "not reloaded, the running TLS context stays: pools.p.tls.key:", 5)
+    assert "does not match the certificate" in proc.read_output()
+    assert httpx.get(proc.url("/"), timeout=T).status_code == 502
+    key.write_bytes(pki.client.private_key_pem.bytes())
+    proc.proc.send_signal(signal.SIGHUP)
+    assert output_has(proc, "pools.p.tls: SIGHUP: CA and client certificate files reloaded", 5)
+    r = httpx.get(proc.url("/"), timeout=T)
+    assert r.status_code == 200, r.text
+    assert b.request_count == 1
 
 
 def test_refused_client_certificate_alert_is_logged_as_a_tls_failure(fastlb, pki, raw_tls):
