@@ -642,10 +642,6 @@ def _listeners(ctx, value, pool_names, request_limits=None, head_base=None):
             listener_tls = _listener_tls(ctx, lst["tls"], path + ".tls")
             if listener_tls is not None:
                 guard["tls"] = listener_tls
-            if lst.get("proxy_protocol") is True:
-                # the PROXY header comes before the TLS handshake, in the clear: not read there yet
-                ctx.err(path + ".proxy_protocol", "not supported on a TLS listener yet: terminate TLS in front "
-                        "of fastlb, or use trusted_proxies with X-Forwarded-For")
         redirect = None
         if "redirect_https" in lst:
             redirect = lst["redirect_https"]

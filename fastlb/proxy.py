@@ -95,7 +95,7 @@ class ProxyConnection(ClientConnection):
     __slots__ = ("scanner", "rscanner", "buf", "rbuf", "state", "ex", "session", "in_heads", "tunnel_eofs",
                  "t_start", "flag", "sent0", "req_in", "trace", "route_pool",
                  "addr", "route", "head_len", "pending", "tight", "pp_done", "peer_trusted", "counted", "over_cap",
-                 "auth_memo", "tls_extra")
+                 "auth_memo", "tls_extra", "pp_src")
 
     def __init__(self, listener):
         ClientConnection.__init__(self, listener)
@@ -128,10 +128,20 @@ class ProxyConnection(ClientConnection):
         self.over_cap = False  # opened beyond max_connections_per_client: its first request gets 429
         self.auth_memo = None  # (route, API key header value, passed verdict) of this connection's last request
         self.tls_extra = b""  # TLS listener with subject_header: the verified client subject's header line
+        self.pp_src = None  # the PROXY header's source address, read before the TLS handshake (proxied)
+
+    def proxied(self, src_ip):
+        """A TLS listener with proxy_protocol: the header was read before the handshake
+        (server.ProxyHeaderGate); ``src_ip`` is its source address, None for the
+        socket's peer (v1 UNKNOWN, v2 LOCAL)."""
+        self.pp_done = True
+        self.pp_src = src_ip
 
     # ------------------------------------------------------------------ events
     def on_connect(self):
         listener = self.listener
+        if self.pp_src is not None:
+            self.client_ip = self.pp_src
         if listener.tls is not None and listener.tls.subject_header is not None:
             self.tls_extra = listener.tls.subject_line(self.transport.get_extra_info("ssl_object"))
         if self.pp_done:

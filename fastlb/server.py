@@ -34,6 +34,7 @@ from .guard import Route
 from .http1 import path_of, split_host
 from .model import ObservabilitySpec
 from .proxy import HEAD, ProxyConnection
+from .proxyproto import ProxyProtocolError, parse as parse_proxy_header
 from .stats import StatsSampler
 from .timers import Wheel
 from .tls import CertError, ListenerTls
@@ -177,7 +178,8 @@ def tls_factory(rt):
     current generation's context (a reload or ticket rotation takes effect on the
     next handshake) and a handshake future that counts how it ended (by reason).
     This is what uvloop's server does for ``create_server(ssl=...)``, with the
-    context chosen per connection and the outcome seen."""
+    context chosen per connection and the outcome seen. With ``proxy_protocol``
+    each connection starts in a ProxyHeaderGate, which calls ``make(app)``."""
     loop = rt.loop
     tls = rt.tls
     try:
@@ -191,12 +193,95 @@ def tls_factory(rt):
     shutdown_timeout = rt.timeouts.linger
     done = tls.handshake_done
 
-    def make():
+    def make(app=None):
         waiter = loop.create_future()
         waiter.add_done_callback(done)
-        return SSLProtocol(loop, ProxyConnection(rt), tls.current.context, waiter, server_side=True,
+        return SSLProtocol(loop, app if app is not None else ProxyConnection(rt), tls.current.context, waiter,
+                           server_side=True,
                            ssl_handshake_timeout=handshake_timeout, ssl_shutdown_timeout=shutdown_timeout)
+    if rt.proxy_protocol:
+        return lambda: ProxyHeaderGate(rt, make)
     return make
+
+
+class ProxyHeaderGate(asyncio.Protocol):
+    """The first protocol of a connection to a TLS listener with ``proxy_protocol``:
+    the PROXY header comes in the clear, before the handshake. It is read here
+    (proxyproto.parse, at most MAX_V2 bytes, within ``timeouts.client_header``);
+    then the socket goes to the TLS layer (``make``: tls_factory's SSLProtocol, what
+    ``loop.start_tls`` does) with the bytes that came after the header (the
+    ClientHello, often in the same segment, which start_tls would lose) and a
+    ProxyConnection that knows the header's client address. A bad header is counted
+    (``denied{proxy_protocol}``), logged, and the connection closed with no answer:
+    the client speaks neither TLS nor HTTP to fastlb yet. A close or a timeout before
+    the header ends the connection quietly, as on a plain listener."""
+
+    __slots__ = ("rt", "make", "transport", "buf", "timer")
+
+    def __init__(self, rt, make):
+        self.rt = rt
+        self.make = make
+        self.transport = None
+        self.buf = bytearray()
+        self.timer = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.timer = self.rt.loop.call_later(self.rt.timeouts.client_header, self._expired)
+
+    def data_received(self, data):
+        if self.transport is None:
+            return
+        buf = self.buf
+        buf += data
+        try:
+            got = parse_proxy_header(buf)
+        except ProxyProtocolError as exc:
+            self.rt.deny("proxy_protocol")
+            peer = self.transport.get_extra_info("peername")
+            log.info("connection from %s closed: PROXY protocol header required on this listener: %s",
+                     peer[0] if peer else "?", exc.reason)
+            self._close()
+            return
+        if got is None:
+            return
+        consumed, src_ip = got[0], got[1]
+        self.rt.bytes_received += consumed
+        self.timer.cancel()
+        transport = self.transport
+        self.transport = None
+        app = ProxyConnection(self.rt)
+        app.proxied(src_ip)
+        tls = self.make(app)
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        rest = bytes(buf[consumed:])
+        self.buf = None
+        while rest and not transport.is_closing():
+            room = tls.get_buffer(len(rest))
+            n = min(len(room), len(rest))
+            room[:n] = rest[:n]
+            tls.buffer_updated(n)
+            rest = rest[n:]
+
+    def eof_received(self):
+        self._close()
+        return False
+
+    def connection_lost(self, exc):
+        self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _expired(self):
+        self._close()
+
+    def _close(self):
+        transport = self.transport
+        if transport is not None:
+            self.transport = None
+            self.timer.cancel()
+            transport.close()
 
 
 class Server:

@@ -2,18 +2,27 @@
 client connections to a small asyncio server in this test with ``send-proxy`` (v1)
 and ``send-proxy-v2`` (with TLVs), and its health checks with ``check-send-proxy``
 (v2 LOCAL). parse() of the recorded first bytes must give the client's address and
-port and leave the client's data untouched. Skipped when haproxy is not installed."""
+port and leave the client's data untouched. Then HAProxy passing TLS through in
+front of a real fastlb TLS listener with ``proxy_protocol``. Skipped when haproxy is
+not installed."""
 
 import asyncio
+import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 
+import httpx
 import pytest
+import trustme
 
 from fastlb.proxyproto import parse
+from tests.integration.conftest import FAST_TIMEOUTS
+from tests.support.scrape import parse_samples, scrape, value
+from tests.support.wait import wait_for
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
 pytestmark = [pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy)"),
@@ -212,3 +221,79 @@ async def _scenario():
                 proc.wait(5)
             server.close()
             await server.wait_closed()
+
+
+TLS_PASSTHROUGH = """
+global
+    log stderr format raw local0 err
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 5s
+    timeout server 5s
+
+frontend fe_v{version}
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    server s 127.0.0.1:{fastlb} {send} source 127.0.0.5 check check-send-proxy inter 300ms
+"""
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_haproxy_in_front_of_a_tls_listener_with_proxy_protocol(fastlb, backends, tmp_path, version):
+    """The L4 deployment: HAProxy passes TLS through (mode tcp) with send-proxy(-v2)
+    from its own address (127.0.0.5); fastlb reads the header, terminates TLS, and
+    the backend sees the client's address (127.0.0.9) in X-Forwarded-For. HAProxy's
+    health checks (a PROXY header, then a close) are no errors."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("api.test")
+    cert, key = tmp_path / "api.pem", tmp_path / "api.key"
+    cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    proc = fastlb({
+        "listeners": [{"name": "secure", "bind": "127.0.0.1:0", "pool": "p", "proxy_protocol": True,
+                       "tls": {"certificates": [{"cert": str(cert), "key": str(key)}]}}],
+        "pools": {"p": {"backends": [b.address for b in backends]}},
+        "timeouts": dict(FAST_TIMEOUTS),
+        "admin": {"bind": "127.0.0.1:0"},
+    })
+    port = _free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(TLS_PASSTHROUGH.format(version=version, port=port, fastlb=proc.port,
+                                          send="send-proxy" if version == 1 else "send-proxy-v2"))
+    check = subprocess.run([HAPROXY, "-c", "-q", "-f", str(cfg)], capture_output=True, timeout=10)
+    assert check.returncode == 0, check.stderr.decode(errors="replace")
+    hap = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        asyncio.run(_wait_listening("127.0.0.1", port, hap))
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        transport = httpx.HTTPTransport(verify=ctx, local_address="127.0.0.9")
+        with httpx.Client(transport=transport, timeout=10) as client:
+            for i in range(3):  # keep-alive through the passthrough: one TLS connection
+                r = client.get("https://127.0.0.1:%d/headers" % port, extensions={"sni_hostname": "api.test"},
+                               headers={"Host": "api.test"})
+                assert r.status_code == 200, r.text
+                got = dict((n.lower(), v) for n, v in json.loads(r.text))
+                assert got["x-forwarded-for"] == "127.0.0.9", got
+                assert got["x-forwarded-proto"] == "https"
+        # HAProxy's checks (every 300 ms: connect, the header, close) reach the TLS layer
+        # and end there as handshakes the client closed; nothing else is counted
+        def checks_seen():
+            s = parse_samples(scrape(proc).text)
+            return value(s, "fastlb_tls_handshake_failures_total", listener="secure", reason="client_closed") >= 2
+        assert wait_for(checks_seen, timeout=5)
+        s = parse_samples(scrape(proc).text)
+        assert value(s, "fastlb_tls_handshakes_total", listener="secure") == 1
+        assert value(s, "fastlb_requests_denied_total", route="", reason="proxy_protocol") == 0
+    finally:
+        hap.terminate()
+        try:
+            hap.wait(5)
+        except subprocess.TimeoutExpired:
+            hap.kill()
+            hap.wait(5)
+    out = proc.read_output()
+    assert "Traceback" not in out and "PROXY protocol header required" not in out, out

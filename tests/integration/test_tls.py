@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -566,3 +567,141 @@ def test_client_close_notify_mid_request_drops_it_cleanly(fastlb, backends, cert
     out = proc.read_output()
     assert "eof_received" not in out and "Traceback" not in out
     assert https_get(proc.port, ctx=ctx).status_code == 200
+
+
+# ---------------------------------------------------- PROXY protocol before TLS
+def _v2_header(src, sport, dst="192.0.2.1", dport=443):
+    addrs = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs
+
+
+def tls_after_header(port, ctx, header, request, sni="api.test", timeout=5):
+    """A TLS client that sends ``header`` and its ClientHello in one write (one TCP
+    segment on loopback), then ``request``; the whole response, or what it got before
+    the connection ended. Driven through a MemoryBIO so the coalescing is certain."""
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname=sni)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        s.sendall(header + out.read())
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pending = out.read()
+                if pending:
+                    s.sendall(pending)
+                data = s.recv(65536)
+                if not data:
+                    raise ConnectionError("closed during the handshake")
+                inc.write(data)
+        s.sendall(out.read())  # the client's Finished (TLS 1.3)
+        obj.write(request)
+        s.sendall(out.read())
+        got = bytearray()
+        while True:
+            try:
+                chunk = obj.read(65536)
+                if not chunk:  # close_notify
+                    break
+                got += chunk
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            data = s.recv(65536)
+            if not data:
+                break
+            inc.write(data)
+        return bytes(got)
+
+
+def open_sockets(pid):
+    """How many sockets a process holds open (its /proc fd table)."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            n += os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def headers_seen(response):
+    return dict((n.lower(), v) for n, v in json.loads(response.split(b"\r\n\r\n", 1)[1]))
+
+
+def test_proxy_protocol_header_before_the_handshake_v1_and_v2(fastlb, backends, certs):
+    """proxy_protocol on a TLS listener (an L4 balancer in front, TLS passthrough):
+    the header is read in the clear, then the handshake; the ClientHello sent in the
+    same segment as the header is not lost, and the header's source is the client."""
+    api = certs.issue("api", "api.test")
+    proc = fastlb(tls_doc(backends, {"certificates": [{"cert": api[0], "key": api[1]}]}, proxy_protocol=True))
+    ctx = certs.client_context()
+    req = b"GET /headers HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
+    out = tls_after_header(proc.port, ctx, b"PROXY TCP4 192.0.2.10 192.0.2.1 56324 443\r\n", req)
+    assert out.startswith(b"HTTP/1.1 200 "), out[:300]
+    got = headers_seen(out)
+    assert got["x-forwarded-for"] == "192.0.2.10" and got["x-forwarded-proto"] == "https"
+    out = tls_after_header(proc.port, ctx, _v2_header("192.0.2.11", 40000), req)
+    assert headers_seen(out)["x-forwarded-for"] == "192.0.2.11"
+    # the header in a write of its own, then an ordinary TLS client on the same socket
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as raw:
+        raw.sendall(b"PROXY TCP4 192.0.2.12 192.0.2.1 1234 443\r\n")
+        with ctx.wrap_socket(raw, server_hostname="api.test") as s:
+            s.sendall(req)
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+    assert headers_seen(out)["x-forwarded-for"] == "192.0.2.12"
+    s = parse_samples(scrape(proc).text)
+    assert value(s, "fastlb_tls_handshakes_total", listener="secure") == 3
+
+
+def test_proxy_protocol_tls_listener_refuses_a_connection_without_the_header(fastlb, backends, certs):
+    """A TLS client straight to the listener (no PROXY header): counted, logged,
+    closed before any handshake; nothing forwarded. A close or silence before the
+    header ends the connection too (client_header), and nothing is left open."""
+    api = certs.issue("api", "api.test")
+    proc = fastlb(tls_doc(backends, {"certificates": [{"cert": api[0], "key": api[1]}]}, proxy_protocol=True,
+                          timeouts={"client_header": "1s"}))
+    n = sum(len(b.requests) for b in backends)
+    baseline = open_sockets(proc.proc.pid)
+    with pytest.raises(httpx.ConnectError):  # closed: its ClientHello is no PROXY header
+        https_get(proc.port, ctx=certs.client_context())
+    assert wait_for(lambda: "PROXY protocol header required on this listener: no PROXY protocol signature"
+                    in proc.read_output(), timeout=5)
+    # half a header then close; a header cut by silence (client_header)
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as s:
+        s.sendall(b"PROXY TCP4 192.0.2.")
+    silent = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+    try:
+        silent.sendall(b"PROXY TCP4 192.0.2.")
+        t0 = time.monotonic()
+        assert silent.recv(10) == b""
+        assert time.monotonic() - t0 < 5
+    finally:
+        silent.close()
+    assert sum(len(b.requests) for b in backends) == n
+
+    def settled():
+        s = parse_samples(scrape(proc).text)
+        return (value(s, "fastlb_requests_denied_total", route="", reason="proxy_protocol") == 1
+                and value(s, "fastlb_connections_active", listener="secure") == 0)
+    assert wait_for(settled, timeout=8)
+    # the refused and abandoned connections were never ProxyConnections: their sockets are closed
+    assert wait_for(lambda: open_sockets(proc.proc.pid) <= baseline, timeout=5), (open_sockets(proc.proc.pid),
+                                                                                  baseline)
+    # and the listener still serves a proper client
+    req = b"GET /headers HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
+    out = tls_after_header(proc.port, certs.client_context(), b"PROXY TCP4 192.0.2.13 192.0.2.1 1 443\r\n", req)
+    assert headers_seen(out)["x-forwarded-for"] == "192.0.2.13"
+    assert "Traceback" not in proc.read_output()

@@ -259,7 +259,6 @@ def test_config_listener_tls_defaults(tmp_path):
     ({"client_ca": "/nonexistent/ca.pem"}, None, {}, "listeners[0].tls.client_ca", "cannot read"),
     ({"certificates": []}, None, {}, "listeners[0].tls.certificates", "non-empty list"),
     ({"bogus": 1}, None, {}, "listeners[0].tls.bogus", "unknown key"),
-    ({}, None, {"proxy_protocol": True}, "listeners[0].proxy_protocol", "not supported on a TLS listener"),
     (None, {"verify": "no"}, {}, "pools.p.tls.verify", "true or false"),
     (None, {"verify": False, "ca": "CA"}, {}, "pools.p.tls.verify", "checks nothing"),
     (None, {"cert": "CERT"}, {}, "pools.p.tls.key", "go together"),
