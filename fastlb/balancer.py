@@ -146,7 +146,7 @@ class Pool:
         "active", "retries_in_flight", "retries_total", "retry_budget_refused",
         "limited", "queue", "queue_size", "queue_timeout", "queue_full_total", "queue_timeouts_total", "queued_total",
         "panic", "panic_total", "unavailable_total", "queue_wait_seconds_total", "queue_wait",
-        "tls_context", "tls_server_name",
+        "tls_context", "tls_server_name", "tls_stamps",
     )
 
     def __init__(self, spec, seed=0, now=0.0):
@@ -204,6 +204,7 @@ class Pool:
         # backends' certificates (None: each backend's host), set by upstream.prepare_tls
         self.tls_context = None
         self.tls_server_name = None
+        self.tls_stamps = None  # the ca/cert/key files' stamps when tls_context was built (reload_pool_tls)
         self._spec = spec
         self._seed = seed
         self._build()

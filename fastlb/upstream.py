@@ -59,7 +59,7 @@ from .errors import ConfigError
 from .health import USABLE_STATES, report_failure
 from .model import CertificateSpec
 from .timers import Timer
-from .tls import CertError, client_context, describe_tls_error, load_ca_bundle, load_certificate
+from .tls import CertError, client_context, describe_tls_error, file_stamp, load_ca_bundle, load_certificate
 
 __all__ = ["UpstreamConnection", "BackendSession", "acquire", "release", "dispatch", "sweep_idle", "resolve_backends",
            "reload_pool_tls",
@@ -102,18 +102,28 @@ def prepare_tls(pools):
             raise ConfigError(("pools.%s.tls" % pool.name, "cannot build the TLS context: %s" % (
                 getattr(exc, "strerror", None) or exc))) from None
         pool.tls_server_name = spec.server_name
+        pool.tls_stamps = _tls_stamps(spec)
         if not spec.verify:
             log.warning("pool %s: tls.verify is false: the backends' certificates and names are not checked "
                         "(traffic is encrypted, the backends are not authenticated)", pool.name)
 
 
+def _tls_stamps(spec):
+    return tuple(file_stamp(p) for p in (spec.ca, spec.cert, spec.key) if p)
+
+
 def reload_pool_tls(pool, why="SIGHUP"):
     """Read an https pool's ``ca``, ``cert`` and ``key`` again, checked as at load,
     and build a new client context; the pool's idle connections (made with the old
-    one) are closed. On any problem the running context stays. True when the new
-    one is in use."""
+    one) are closed. Files unchanged since (inode, size, mtime): nothing is done,
+    and the pooled connections stay. On any problem the running context stays.
+    True when a new context is in use."""
     spec = pool._spec.tls
     path = "pools.%s.tls" % pool.name
+    stamps = _tls_stamps(spec)
+    if stamps == pool.tls_stamps:
+        log.info("%s: %s: CA and client certificate files unchanged", path, why)
+        return False
     try:
         if spec.ca:
             load_ca_bundle(spec.ca, "ca")
@@ -128,6 +138,7 @@ def reload_pool_tls(pool, why="SIGHUP"):
                   getattr(exc, "strerror", None) or exc)
         return False
     pool.tls_context = ctx
+    pool.tls_stamps = stamps
     closed = 0
     for backend in pool.backends:
         idle = backend.idle

@@ -352,10 +352,11 @@ def test_backend_closing_an_idle_tls_connection_is_dropped_and_the_next_request_
 
 def test_sighup_reloads_a_pools_ca_closes_pooled_connections_and_keeps_it_when_the_new_file_is_bad(
         fastlb, pki, https_backends, tmp_path):
-    """SIGHUP reads a pool's ca again: the next request handshakes with the new
-    file (an idle connection verified with the old one is closed, one in use when
-    the signal comes is not pooled again); a bad new file is logged with its key
-    path and the running CA stays."""
+    """SIGHUP reads a pool's ca again when it changed: the next request handshakes
+    with the new file (an idle connection verified with the old one is closed, one
+    in use when the signal comes is not pooled again); unchanged files keep the
+    pooled connections; a bad new file is logged with its key path and the running
+    CA stays."""
     b = https_backends(pki.server_context())
     ca = tmp_path / "backends-ca.pem"
     ca.write_bytes(pki.ca.cert_pem.bytes())
@@ -364,12 +365,19 @@ def test_sighup_reloads_a_pools_ca_closes_pooled_connections_and_keeps_it_when_t
         assert client.get(proc.url("/a")).status_code == 200
         assert client.get(proc.url("/b")).status_code == 200
         assert b.connection_count == 1
-        # a request in flight when the same CA is reloaded: answered, then its connection closed
+        # nothing changed: the pooled connection stays
+        proc.proc.send_signal(signal.SIGHUP)
+        assert output_has(proc, "pools.p.tls: SIGHUP: CA and client certificate files unchanged", 5)
+        assert client.get(proc.url("/b2")).status_code == 200
+        assert b.connection_count == 1
+        # a request in flight when the CA file is rewritten and reloaded: answered, then
+        # its connection closed
         b.delay = 1.0
         got = []
         t = threading.Thread(target=lambda: got.append(httpx.get(proc.url("/slow"), timeout=T).status_code))
         t.start()
-        assert wait_for(lambda: b.request_count == 3, 5)
+        assert wait_for(lambda: b.request_count == 4, 5)
+        ca.write_bytes(pki.ca.cert_pem.bytes())  # the same CA, written again
         proc.proc.send_signal(signal.SIGHUP)
         assert output_has(proc, "pools.p.tls: SIGHUP: CA and client certificate files reloaded", 5)
         t.join(T)
