@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import socket
-import struct
 import time
 
 import bcrypt
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.integration.conftest import FAST_TIMEOUTS
 from tests.integration.test_observability import parse_samples, scrape, value
-from tests.support.rawclient import send_raw
+from tests.support.rawclient import proxy_v2, send_raw
 from tests.support.wait import wait_for
 
 API_KEY = "k-3f1c9a7e2b"
@@ -389,12 +388,6 @@ def test_trusted_proxy_headers_are_kept_and_keyed_on(fastlb, backends, tmp_path)
     wait_for(lambda: "198.51.100.8" in {l["client"] for l in log_lines(tmp_path / "a.log")})
 
 
-def _v2(src, sport, dst, dport):
-    sig = b"\r\n\r\n\x00\r\nQUIT\n"
-    addrs = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
-    return sig + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs
-
-
 def test_proxy_protocol_v1_v2_required(fastlb, backends):
     b = backends[0]
     proc = fastlb(guarded([b], {"access": {"deny": ["192.0.2.66/32"]}}, listener={"proxy_protocol": True}))
@@ -403,7 +396,7 @@ def test_proxy_protocol_v1_v2_required(fastlb, backends):
     assert out.startswith(b"HTTP/1.1 200 "), out[:200]
     got = dict((n.lower(), v) for n, v in json.loads(out.split(b"\r\n\r\n", 1)[1]))
     assert got["x-forwarded-for"] == "192.0.2.10"
-    out = raw(proc.port, _v2("192.0.2.11", 40000, "192.0.2.1", 443) + req)
+    out = raw(proc.port, proxy_v2("192.0.2.11", 40000, "192.0.2.1", 443) + req)
     got = dict((n.lower(), v) for n, v in json.loads(out.split(b"\r\n\r\n", 1)[1]))
     assert got["x-forwarded-for"] == "192.0.2.11"
     # the ACL keys on the PROXY source

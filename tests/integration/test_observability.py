@@ -23,7 +23,7 @@ from tests.support.backend import BackendServer
 from tests.support.fastlb_proc import FastlbProcess
 from tests.support.rawclient import send_raw
 from tests.support.scrape import parse_samples, scrape, value
-from tests.support.wait import wait_for
+from tests.support.wait import stop_process, wait_for
 
 FIELDS = ["time", "client", "method", "path", "status", "bytes_in", "bytes_out", "duration", "pool", "backend",
           "connect_time", "response_time", "retries", "request_id", "flags", "trace_id"]
@@ -582,12 +582,7 @@ def test_access_log_to_a_stdout_nobody_reads_never_blocks_serving(tmp_path, thre
         assert "fastlb_access_log_dropped_lines_total 0.0" in text
         assert p.poll() is None
     finally:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        stop_process(p, timeout=10)
         os.close(r)
 
 

@@ -22,7 +22,7 @@ import trustme
 from fastlb.proxyproto import parse
 from tests.integration.conftest import FAST_TIMEOUTS
 from tests.support.scrape import parse_samples, scrape, value
-from tests.support.wait import wait_for
+from tests.support.wait import stop_process, wait_for
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
 pytestmark = [pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy)"),
@@ -92,7 +92,7 @@ class Recorder:
                 pass
 
 
-CONFIG = """
+HAPROXY_HEAD = """
 global
     log stderr format raw local0 err
 
@@ -101,7 +101,9 @@ defaults
     timeout connect 2s
     timeout client 5s
     timeout server 5s
+"""
 
+CONFIG = HAPROXY_HEAD + """
 frontend fe_v1_4
     bind 127.0.0.1:{p_v1_4}
     default_backend be_v1
@@ -213,26 +215,12 @@ async def _scenario():
                     # crc32c (3 + 4) and unique-id TLVs: more than the bare address block
                     assert consumed > 16 + (12 if ":" not in host else 36) + 7
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_process(proc)
             server.close()
             await server.wait_closed()
 
 
-TLS_PASSTHROUGH = """
-global
-    log stderr format raw local0 err
-
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 5s
-    timeout server 5s
-
+TLS_PASSTHROUGH = HAPROXY_HEAD + """
 frontend fe_v{version}
     bind 127.0.0.1:{port}
     default_backend be
@@ -289,11 +277,6 @@ def test_haproxy_in_front_of_a_tls_listener_with_proxy_protocol(fastlb, backends
         assert value(s, "fastlb_tls_handshakes_total", listener="secure") == 1
         assert value(s, "fastlb_requests_denied_total", route="", reason="proxy_protocol") == 0
     finally:
-        hap.terminate()
-        try:
-            hap.wait(5)
-        except subprocess.TimeoutExpired:
-            hap.kill()
-            hap.wait(5)
+        stop_process(hap)
     out = proc.read_output()
     assert "Traceback" not in out and "PROXY protocol header required" not in out, out

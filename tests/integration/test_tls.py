@@ -7,7 +7,6 @@ import shutil
 import signal
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import yaml
 from cryptography import x509
 
 from tests.integration.conftest import FAST_TIMEOUTS
+from tests.support.rawclient import proxy_v2
 from tests.support.scrape import parse_samples, scrape, value
 from tests.support.wait import wait_for
 
@@ -570,11 +570,6 @@ def test_client_close_notify_mid_request_drops_it_cleanly(fastlb, backends, cert
 
 
 # ---------------------------------------------------- PROXY protocol before TLS
-def _v2_header(src, sport, dst="192.0.2.1", dport=443):
-    addrs = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
-    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs
-
-
 def tls_after_header(port, ctx, header, request, sni="api.test", timeout=5):
     """A TLS client that sends ``header`` and its ClientHello in one write (one TCP
     segment on loopback), then ``request``; the whole response, or what it got before
@@ -648,7 +643,7 @@ def test_proxy_protocol_header_before_the_handshake_v1_and_v2(fastlb, backends, 
     assert out.startswith(b"HTTP/1.1 200 "), out[:300]
     got = headers_seen(out)
     assert got["x-forwarded-for"] == "192.0.2.10" and got["x-forwarded-proto"] == "https"
-    out = tls_after_header(proc.port, ctx, _v2_header("192.0.2.11", 40000), req)
+    out = tls_after_header(proc.port, ctx, proxy_v2("192.0.2.11", 40000), req)
     assert headers_seen(out)["x-forwarded-for"] == "192.0.2.11"
     # the header in a write of its own, then an ordinary TLS client on the same socket
     with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as raw:
@@ -685,9 +680,7 @@ def test_proxy_protocol_tls_listener_refuses_a_connection_without_the_header(fas
     silent = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
     try:
         silent.sendall(b"PROXY TCP4 192.0.2.")
-        t0 = time.monotonic()
-        assert silent.recv(10) == b""
-        assert time.monotonic() - t0 < 5
+        assert silent.recv(10) == b""  # closed after client_header (1 s; the socket gives up at 5)
     finally:
         silent.close()
     assert sum(len(b.requests) for b in backends) == n

@@ -1,6 +1,7 @@
 """A raw-socket HTTP client for tests: bytes out, everything until the close back."""
 
 import socket
+import struct
 
 
 def send_raw(port, data, source="127.0.0.1", read=True, timeout=5.0):
@@ -22,3 +23,10 @@ def send_raw(port, data, source="127.0.0.1", read=True, timeout=5.0):
         return out
     finally:
         s.close()
+
+
+def proxy_v2(src, sport, dst="192.0.2.1", dport=443):
+    """A PROXY protocol v2 header (PROXY command, TCP over IPv4), spelled out from
+    HAProxy's proxy-protocol.txt rather than taken from fastlb.proxyproto."""
+    addrs = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs
